@@ -1,0 +1,237 @@
+"""Typed configuration: params.yaml sections, the original flat flag names, validation with clear messages.
+
+params.yaml groups keys by concern (``data.min_uc``); the original scripts took flat flags (``--min_uc``).
+Every key name is unique across sections, so a flat flag maps to exactly one ``section.key``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recsys_core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("ml-100k", "ml-latest-small", "beauty", "games", "custom")
+RETRIEVAL_METHODS = ("lrurec", "mmgcn", "vbpr", "bm3")
+RERANK_METHODS = ("qwen", "qwen3vl", "vip5", "bert4rec")
+QWEN_MODES = ("text_only", "raw_image", "caption", "semantic_summary", "semantic_summary_small")
+
+# Deprecated flag -> the flag that replaces it.
+DEPRECATED_FLAGS = {"qwen3vl_mode": "qwen_mode"}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataConfig(Section):
+    """Which dataset, which filters. Defaults follow LlamaRec / LRURec (min_rating 0, 5-core)."""
+
+    dataset_code: Literal["ml-100k", "ml-latest-small", "beauty", "games", "custom"] = "ml-100k"
+    min_rating: int | float = Field(0, ge=0, description="keep interactions with rating >= min_rating")
+    min_uc: int = Field(5, ge=3, description="k-core: users keep >= min_uc interactions (>= 3 for train/val/test)")
+    min_sc: int = Field(5, ge=1, description="k-core: items keep >= min_sc interactions")
+    use_image: bool = False
+    use_text: bool = False
+    generate_caption: bool = False
+    generate_semantic_summary: bool = False
+    custom_interactions: str | None = Field(None, description="custom dataset: interactions csv/tsv/parquet")
+    custom_items: str | None = Field(None, description="custom dataset: optional item metadata csv/tsv/parquet")
+    max_bad_line_share: float = Field(0.01, ge=0, le=1, description="fail when more raw lines than this are bad")
+
+
+class CandidatesConfig(Section):
+    """Ground-truth candidate lists: 1 true item + (N-1) negatives the user never touched."""
+
+    rerank_eval_candidates: int = Field(50, ge=2)
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+
+
+class FeaturesConfig(Section):
+    semantic_summary_batch_size: int = Field(4, ge=1)
+
+
+class RetrievalConfig(Section):
+    retrieval_method: Literal["lrurec", "mmgcn", "vbpr", "bm3"] = "lrurec"
+    retrieval_epochs: int = Field(100, ge=1)
+    retrieval_lr: float = Field(1e-4, gt=0)
+    batch_size_retrieval: int = Field(512, ge=1)
+    retrieval_patience: int = Field(10, ge=1)
+    retrieval_top_k: int = Field(200, ge=1)
+
+
+class RerankConfig(Section):
+    rerank_method: Literal["qwen", "qwen3vl", "vip5", "bert4rec"] = "bert4rec"
+    rerank_mode: Literal["ground_truth", "retrieval"] = "ground_truth"
+    rerank_epochs: int = Field(10, ge=1)
+    rerank_lr: float = Field(1e-4, gt=0)
+    rerank_batch_size: int = Field(16, ge=1)
+    rerank_patience: int = Field(5, ge=1)
+    rerank_top_k: int = Field(50, ge=1)
+
+
+class LLMConfig(Section):
+    """Qwen / Qwen3-VL reranker settings. "qwen3-1.6b" maps to Qwen/Qwen3-1.7B (no 1.6B was published)."""
+
+    qwen_mode: Literal["text_only", "raw_image", "caption", "semantic_summary", "semantic_summary_small"] = "text_only"
+    qwen_model: str = "qwen3-0.6b"
+    qwen_max_candidates: int | None = Field(50, ge=2)
+    qwen_max_history: int = Field(5, ge=1)
+    qwen_max_seq_length: int = Field(2048, ge=128)
+    use_quantization: bool = False
+    use_torch_compile: bool = False
+
+
+class Config(BaseModel):
+    """The whole params.yaml."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    seed: int = Field(42, ge=0)
+    data: DataConfig = DataConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    rerank: RerankConfig = RerankConfig()
+    llm: LLMConfig = LLMConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.rerank.rerank_top_k > self.retrieval.retrieval_top_k:
+            raise ValueError(
+                f"rerank.rerank_top_k ({self.rerank.rerank_top_k}) must be <= retrieval.retrieval_top_k "
+                f"({self.retrieval.retrieval_top_k}): the reranker can only reorder what was retrieved"
+            )
+        if self.data.dataset_code == "custom" and not self.data.custom_interactions:
+            raise ValueError(
+                "data.dataset_code is 'custom' but data.custom_interactions is empty: "
+                "give the interactions file with --custom_interactions PATH"
+            )
+        return self
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in Config.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+}
+
+
+def _flat_keys() -> dict[str, tuple[str | None, str]]:
+    """Flat flag name -> (section or None for top level, key)."""
+    flat: dict[str, tuple[str | None, str]] = {"seed": (None, "seed")}
+    for section, model in SECTIONS.items():
+        for key in model.model_fields:
+            if key in flat:
+                raise RuntimeError(f"config key {key!r} is defined twice; flat flags need unique names")
+            flat[key] = (section, key)
+    return flat
+
+
+FLAT_KEYS = _flat_keys()
+
+
+def field_info(flat_key: str):
+    """The pydantic FieldInfo behind a flat flag name (for building argparse options)."""
+    section, key = FLAT_KEYS[flat_key]
+    model = Config if section is None else SECTIONS[section]
+    return model.model_fields[key]
+
+
+def allowed_values(annotation: Any) -> tuple[Any, ...] | None:
+    """The choices of a Literal annotation, else None."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return None
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
+    for item in err.errors():
+        loc = [str(p) for p in item["loc"]]
+        where = ".".join(loc) if loc else "(top level)"
+        if item["type"] == "extra_forbidden":
+            parent = loc[0] if len(loc) > 1 else None
+            model = SECTIONS.get(parent) if parent else Config
+            allowed = list(model.model_fields) if model else []
+            hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            lines.append(f"  - unknown key '{where}'{extra} Allowed keys here: {', '.join(allowed)}")
+        else:
+            lines.append(f"  - '{where}' = {item.get('input')!r}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any], origin: str = "params.yaml") -> Config:
+    """Validate a nested dict (the shape of params.yaml) into a Config."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def read_params(path: Path) -> dict[str, Any]:
+    """params.yaml as a nested dict ({} when the file is absent)."""
+    if not path.exists():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err}); fix the syntax or restore it from git") from None
+    return loaded or {}
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Put flat flag values (``{"min_uc": 10}``) into their sections; unknown names fail with a hint."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for name, value in overrides.items():
+        if name in DEPRECATED_FLAGS:
+            new = DEPRECATED_FLAGS[name]
+            msg = f"--{name} is deprecated; use --{new} (same values)"
+            warnings.warn(msg, DeprecationWarning, stacklevel=2)
+            log.warning(msg)
+            name = new
+        if name not in FLAT_KEYS:
+            hint = difflib.get_close_matches(name, list(FLAT_KEYS), n=1)
+            extra = f"; did you mean --{hint[0]}?" if hint else ""
+            raise ConfigError(f"unknown flag --{name}{extra}")
+        section, key = FLAT_KEYS[name]
+        if section is None:
+            merged[key] = value
+        else:
+            target = merged.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"params.yaml: section '{section}' must be a mapping, got {target!r}")
+            target[key] = value
+    return merged
+
+
+def load_config(params_path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """params.yaml (if given and present) + flat overrides -> a validated Config."""
+    raw = read_params(params_path) if params_path else {}
+    origin = str(params_path) if params_path else "defaults"
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        origin += " + command-line flags"
+    return build_config(raw, origin)
+
+
+def default_params() -> dict[str, Any]:
+    """Every key at its default, in params.yaml's shape."""
+    return Config().model_dump(mode="json")
+
+
+def prepared_dir_name(data: DataConfig) -> str:
+    """`{code}_min_rating{r}-min_uc{u}-min_sc{s}`, the folder name users of the original project know."""
+    # str() of the value as written (3 stays "3", 3.0 stays "3.0"), exactly as dvc.yaml's ${data.min_rating} renders it.
+    return f"{data.dataset_code}_min_rating{data.min_rating}-min_uc{data.min_uc}-min_sc{data.min_sc}"

@@ -1,0 +1,99 @@
+"""Where prepared datasets live and how they are written (atomically) and read back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recsys_core.config import DataConfig, prepared_dir_name
+from recsys_core.data.preprocess import PreparedDataset
+from recsys_core.errors import MissingArtifactError
+from recsys_core.io import staged_directory
+
+INTERACTIONS = "interactions.parquet"
+ITEMS = "items.parquet"
+USERS = "users.parquet"
+STATS = "stats.json"
+EXPORT = "dataset_single_export.csv"
+GT_CANDIDATES = "gt_candidates.parquet"
+PREPARED_FILES = (INTERACTIONS, ITEMS, USERS, EXPORT, STATS)
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Folder layout under a project root: data/raw/{code}/ and data/preprocessed/{code}_min_rating.../"""
+
+    root: Path
+
+    def raw(self, code: str) -> Path:
+        return self.root / "data" / "raw" / code
+
+    def prepared(self, data: DataConfig) -> Path:
+        return self.root / "data" / "preprocessed" / prepared_dir_name(data)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    # Fixed writer options so that the same table gives the same bytes (DVC hashes them).
+    frame.to_parquet(path, index=False, compression="zstd", engine="pyarrow")
+
+
+def save_prepared(dataset: PreparedDataset, dest: Path) -> None:
+    """Write every prepared file into a scratch folder, then move them into ``dest`` together."""
+    with staged_directory(dest) as scratch:
+        _write_parquet(dataset.interactions, scratch / INTERACTIONS)
+        _write_parquet(dataset.items, scratch / ITEMS)
+        _write_parquet(dataset.users, scratch / USERS)
+        export = dataset.interactions.merge(
+            dataset.items[["item_id", "raw_id", "title"]].rename(columns={"raw_id": "raw_item_id"}), on="item_id"
+        ).merge(dataset.users[["user_id", "raw_id"]].rename(columns={"raw_id": "raw_user_id"}), on="user_id")
+        export = export.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+        export.to_csv(scratch / EXPORT, index=False)
+        (scratch / STATS).write_text(json.dumps(dataset.stats, indent=2) + "\n", encoding="utf-8")
+
+
+def load_prepared(folder: Path) -> PreparedDataset:
+    folder = Path(folder)
+    missing = [name for name in (INTERACTIONS, ITEMS, USERS, STATS) if not (folder / name).exists()]
+    if missing:
+        raise MissingArtifactError(
+            f"{folder}: missing {', '.join(missing)}; run the prepare stage first (`recsys prepare` or `dvc repro prepare`)"
+        )
+    interactions = pd.read_parquet(folder / INTERACTIONS)
+    items = pd.read_parquet(folder / ITEMS)
+    users = pd.read_parquet(folder / USERS)
+    stats = json.loads((folder / STATS).read_text(encoding="utf-8"))
+    return PreparedDataset(interactions, items, users, stats)
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Per-user views of the split, as later stages need them.
+
+    train[u] holds the train items in time order (index 0 unused, users are 1..U); val[u] and test[u] the held-out
+    items. The validation input is train[u]; the test input is train[u] + [val[u]].
+    """
+
+    train: list[np.ndarray]
+    val: np.ndarray
+    test: np.ndarray
+
+    @staticmethod
+    def from_dataset(dataset: PreparedDataset) -> Sequences:
+        inter = dataset.interactions
+        n_users = dataset.n_users
+        users = inter["user_id"].to_numpy()
+        items = inter["item_id"].to_numpy()
+        split = inter["split"].astype(str).to_numpy()
+        val = np.zeros(n_users + 1, dtype=np.int64)
+        test = np.zeros(n_users + 1, dtype=np.int64)
+        val[users[split == "val"]] = items[split == "val"]
+        test[users[split == "test"]] = items[split == "test"]
+        train_mask = split == "train"
+        t_users, t_items = users[train_mask], items[train_mask]
+        bounds = np.searchsorted(t_users, np.arange(n_users + 2))
+        train = [t_items[bounds[u] : bounds[u + 1]] for u in range(n_users + 1)]
+        return Sequences(train, val, test)

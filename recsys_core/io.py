@@ -1,0 +1,81 @@
+"""Atomic file output and hashing: a failed step leaves no partial output and never clobbers a good one."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create private (0600/0700) entries; outputs should get the modes a plain open() would give.
+FILE_MODE = 0o666 & ~_current_umask()
+DIR_MODE = 0o777 & ~_current_umask()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
+        os.replace(tmp_path, dest)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def staged_directory(dest: Path) -> Iterator[Path]:
+    """Build a set of files in a scratch folder, then move them into ``dest`` together.
+
+    If ``dest`` does not exist, the scratch folder is renamed onto it (one atomic step). If it exists, each file
+    replaces its namesake by rename, and files in ``dest`` that the step did not write (other stages' outputs) stay.
+    On any error the scratch folder is removed and ``dest`` is untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    os.chmod(scratch, DIR_MODE)
+    try:
+        yield scratch
+        if not dest.exists():
+            os.replace(scratch, dest)
+        else:
+            for item in sorted(scratch.iterdir()):
+                target = dest / item.name
+                if target.is_dir() and not item.is_dir():
+                    raise IsADirectoryError(f"{target} is a folder; expected a file")
+                if item.is_dir():
+                    shutil.rmtree(target, ignore_errors=True)
+                os.replace(item, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

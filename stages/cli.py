@@ -1,0 +1,53 @@
+"""The `recsys` command: one sub-command per stage, each taking the original flag names."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from recsys_core.config import Config
+from stages import download, gt_candidates, prepare, show_stats
+from stages.common import run_stage
+
+
+def _data_prepare(argv: list[str]) -> int:
+    """The original data_prepare.py: download, prepare and ground-truth candidates in one go (outside DVC)."""
+    for stage in (download, prepare, gt_candidates):
+        code = stage.main(argv)
+        if code:
+            return code
+    return 0
+
+
+def _params(argv: list[str]) -> int:
+    def body(cfg: Config, args: argparse.Namespace) -> None:
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+
+    return run_stage("recsys params", "Print the resolved configuration (params.yaml + flags).", body, argv)
+
+
+COMMANDS = {
+    "download": (download.main, "fetch the raw dataset files"),
+    "prepare": (prepare.main, "filter, k-core, split; write data/preprocessed/..."),
+    "gt-candidates": (gt_candidates.main, "sample ground-truth candidate lists"),
+    "data-prepare": (_data_prepare, "download + prepare + gt-candidates (the original data_prepare.py)"),
+    "stats": (show_stats.main, "print the prepared dataset's statistics"),
+    "params": (_params, "print the resolved configuration"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        listing = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
+        print(f"usage: recsys <command> [flags]\n\ncommands:\n{listing}\n\n`recsys <command> --help` lists the flags.")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, *rest = argv
+    return COMMANDS[command][0](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

