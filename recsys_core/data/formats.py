@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from recsys_core.errors import DataFormatError
 
@@ -206,7 +207,8 @@ def iter_metadata(
     """One dict per line of an Amazon metadata file; only lines whose asin is ``wanted`` are fully parsed."""
     path = Path(path)
     with _decode_errors(path, encoding), _open_text(path, encoding) as handle:
-        for line_no, line in enumerate(handle, start=1):
+        lines = tqdm(handle, desc=path.name, unit=" lines", mininterval=2.0, leave=False)
+        for line_no, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             bad.total += 1
