@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv stats clean-venv
+.PHONY: run test lint venv stats ui clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, found {sys.version.split()[0]}: set PYTHON=/path/to/python3.11"'
@@ -25,6 +25,11 @@ run: $(STAMP)
 
 stats: $(STAMP)
 	$(BIN)/python -m stages.show_stats
+
+# The MLflow UI on the embedded store, bound to 127.0.0.1 only.
+UI_PORT ?= 5000
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(UI_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -144,3 +144,33 @@ def load_gt_candidates(path: Path) -> tuple[pd.DataFrame, dict]:
     frame = table.to_pandas()
     frame["candidates"] = [np.asarray(c, dtype=np.int64) for c in table.column("candidates").to_pylist()]
     return frame, meta
+
+
+RETRIEVED_COLUMNS = ("split", "user_id", "target", "target_rank", "candidates", "scores")
+
+
+def retrieved_table(results: dict) -> pd.DataFrame:
+    """Per split and user: the true item, its 0-based rank in the full ranking, and the top-K ids and scores.
+
+    ``results`` maps 'val'/'test' to RankingResult objects kept with their top-K lists. Masked (-inf) slots are
+    dropped, so a list is shorter than K only when fewer unseen items exist.
+    """
+    rows = []
+    for split, res in results.items():
+        for user, target, rank, items, scores in zip(res.users, res.targets, res.target_rank, res.top_items,
+                                                      res.top_scores, strict=True):  # fmt: skip
+            keep = np.isfinite(scores)
+            rows.append((split, int(user), int(target), float(rank), " ".join(map(str, items[keep])),
+                         " ".join(f"{s:.6g}" for s in scores[keep])))  # fmt: skip
+    return pd.DataFrame(rows, columns=list(RETRIEVED_COLUMNS))
+
+
+def read_retrieved(path: Path) -> pd.DataFrame:
+    """retrieved.csv back with ``candidates`` and ``scores`` as arrays."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingArtifactError(f"{path} is missing; run the train_retrieval stage first")
+    frame = pd.read_csv(path, keep_default_na=False)
+    frame["candidates"] = [np.array(s.split(), dtype=np.int64) for s in frame["candidates"]]
+    frame["scores"] = [np.array(s.split(), dtype=np.float64) for s in frame["scores"]]
+    return frame

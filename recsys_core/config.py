@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsys_core.errors import ConfigError
 
@@ -68,6 +69,39 @@ class RetrievalConfig(Section):
     retrieval_top_k: int = Field(200, ge=1)
 
 
+class TrainingConfig(Section):
+    """The one training loop shared by every model."""
+
+    monitor: str = Field("ndcg_at_10", description="validation metric for early stopping and the best weights")
+    metric_ks: list[int] = Field([5, 10, 20], min_length=1, description="cut-offs K of Recall/NDCG/Hit")
+    grad_clip: float = Field(5.0, ge=0, description="max gradient norm (0 = off)")
+    mixed_precision: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_batch_size: int = Field(256, ge=1)
+    resume: bool = Field(True, description="continue from the checkpoint an interrupted run left (same config)")
+
+    @field_validator("monitor")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value != "mrr" and not re.fullmatch(r"(recall|ndcg|hit)_at_\d+", value):
+            raise ValueError("must be recall_at_K, ndcg_at_K, hit_at_K or mrr, e.g. ndcg_at_10")
+        return value
+
+
+class LRURecConfig(Section):
+    """LRURec (WSDM 2024). Published settings: lr 1e-3, weight decay 0.01, batch 128, dropout 0.2."""
+
+    lru_hidden_size: int = Field(64, ge=2)
+    lru_num_blocks: int = Field(2, ge=1)
+    lru_dropout: float = Field(0.2, ge=0, lt=1)
+    lru_attn_dropout: float = Field(0.2, ge=0, lt=1)
+    lru_max_len: int | None = Field(None, ge=2, description="input length; null = 200 for MovieLens, 50 otherwise")
+    lru_sliding_window: float = Field(1.0, gt=0, le=1, description="window step as a share of max_len")
+    lru_weight_decay: float = Field(0.01, ge=0)
+    lru_r_min: float = Field(0.8, gt=0, lt=1)
+    lru_r_max: float = Field(0.99, gt=0, lt=1)
+
+
 class RerankConfig(Section):
     rerank_method: Literal["qwen", "qwen3vl", "vip5", "bert4rec"] = "bert4rec"
     rerank_mode: Literal["ground_truth", "retrieval"] = "ground_truth"
@@ -99,12 +133,23 @@ class Config(BaseModel):
     data: DataConfig = DataConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     features: FeaturesConfig = FeaturesConfig()
+    training: TrainingConfig = TrainingConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    lrurec: LRURecConfig = LRURecConfig()
     rerank: RerankConfig = RerankConfig()
     llm: LLMConfig = LLMConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        if (
+            self.training.monitor != "mrr"
+            and int(self.training.monitor.rsplit("_", 1)[1]) not in self.training.metric_ks
+        ):
+            raise ValueError(
+                f"training.monitor {self.training.monitor!r} needs its K in training.metric_ks {self.training.metric_ks}"
+            )
+        if self.lrurec.lru_r_min >= self.lrurec.lru_r_max:
+            raise ValueError("lrurec.lru_r_min must be below lrurec.lru_r_max (ring initialisation radii)")
         if self.rerank.rerank_top_k > self.retrieval.retrieval_top_k:
             raise ValueError(
                 f"rerank.rerank_top_k ({self.rerank.rerank_top_k}) must be <= retrieval.retrieval_top_k "
@@ -165,8 +210,10 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
             hint = difflib.get_close_matches(loc[-1], allowed, n=1)
             extra = f"; did you mean {hint[0]!r}?" if hint else ""
             lines.append(f"  - unknown key '{where}'{extra} Allowed keys here: {', '.join(allowed)}")
+        elif not loc:  # a cross-field check: its message names the keys
+            lines.append(f"  - {item['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"  - '{where}' = {item.get('input')!r}: {item['msg']}")
+            lines.append(f"  - '{where}' = {item.get('input')!r}: {item['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

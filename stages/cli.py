@@ -8,7 +8,7 @@ import sys
 import yaml
 
 from recsys_core.config import Config
-from stages import download, gt_candidates, prepare, show_stats
+from stages import download, gt_candidates, prepare, promote, show_stats, train_retrieval
 from stages.common import run_stage
 
 
@@ -33,6 +33,8 @@ COMMANDS = {
     "prepare": (prepare.main, "filter, k-core, split; write data/preprocessed/..."),
     "gt-candidates": (gt_candidates.main, "sample ground-truth candidate lists"),
     "data-prepare": (_data_prepare, "download + prepare + gt-candidates (the original data_prepare.py)"),
+    "train-retrieval": (train_retrieval.main, "train the stage-1 retriever, evaluate, log to MLflow, register"),
+    "promote": (promote.main, "promote a registered retriever/reranker version to champion"),
     "stats": (show_stats.main, "print the prepared dataset's statistics"),
     "params": (_params, "print the resolved configuration"),
 }

@@ -53,6 +53,9 @@ def _add_flag(parser: argparse.ArgumentParser, name: str, annotation: Any, help_
     if choices:
         parser.add_argument(f"--{name}", choices=choices, default=argparse.SUPPRESS, help=help_text)
         return
+    if get_origin(annotation) is list:
+        parser.add_argument(f"--{name}", nargs="+", type=args[0], default=argparse.SUPPRESS, help=help_text)
+        return
     union = get_origin(annotation) in (Union, types.UnionType)
     if union and set(args) >= {int, float}:
         kind: Callable[[str], Any] = _number
@@ -102,9 +105,12 @@ def run_stage(
     description: str,
     body: Callable[[Config, argparse.Namespace], None],
     argv: list[str] | None = None,
+    extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> int:
     """Parse flags, load the config, run ``body``; a known failure prints its message and exits 1."""
     parser = build_parser(prog, description)
+    if extra_args:
+        extra_args(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:

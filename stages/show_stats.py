@@ -1,4 +1,5 @@
-"""Print the prepared dataset's statistics (stats.json) as a table; `make run` ends with it."""
+"""Print the prepared dataset's statistics (stats.json) and, once trained, the retriever's metrics; `make run` ends
+with it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from recsys_core.config import Config
 from recsys_core.data.store import STATS
 from recsys_core.errors import MissingArtifactError
+from recsys_core.metrics import format_table
 from stages.common import paths, run_stage
 
 
@@ -39,6 +41,16 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     if not (folder / STATS).exists():
         raise MissingArtifactError(f"{folder / STATS} is missing; run `make run` or `recsys prepare` first")
     print(format_stats(json.loads((folder / STATS).read_text(encoding="utf-8")), folder))
+    method = cfg.retrieval.retrieval_method
+    metrics_file = paths().experiment("retrieval", method, cfg.data.dataset_code, cfg.seed) / "retrieved_metrics.json"
+    if metrics_file.exists():
+        found = json.loads(metrics_file.read_text(encoding="utf-8"))
+        ks = cfg.training.metric_ks
+        rows = {split: {k.split("/", 1)[1]: v for k, v in found.items() if k.startswith(split + "/")}
+                for split in ("val", "test")}  # fmt: skip
+        print(f"\nRetriever {method}: full ranking over {found['items']:,} items, all {found['users']:,} users "
+              f"(best epoch {found['best_epoch']} of {found['epochs_run']})")  # fmt: skip
+        print(format_table({"validation": rows["val"], "test": rows["test"]}, ks))
 
 
 def main(argv: list[str] | None = None) -> int:

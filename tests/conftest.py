@@ -117,3 +117,35 @@ def workdir(tmp_path, monkeypatch):
 def _no_wheel_env(monkeypatch):
     monkeypatch.delenv("RECSYS_RECBOLE_WHEEL", raising=False)
     monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
+
+
+def cyclic_rows(n_users: int = 150, n_items: int = 40, length: tuple[int, int] = (8, 16), seed: int = 0):
+    """Every user walks a fixed cycle over the items from a random start: the next item is a function of the
+    current one, a pattern a sequential model can learn and a popularity model cannot (all items equally common)."""
+    rng = np.random.default_rng(seed)
+    cycle = rng.permutation(n_items)
+    rows = []
+    for u in range(n_users):
+        start, k = int(rng.integers(n_items)), int(rng.integers(*length))
+        for t in range(k):
+            rows.append((f"u{u:04d}", f"i{cycle[(start + t) % n_items]:03d}", 5.0, 1000 + t))
+    return rows
+
+
+def tiny_config(**overrides):
+    """A Config with small, fast settings for model tests."""
+    from recsys_core.config import build_config
+
+    raw = {
+        "seed": 7,
+        "retrieval": {"retrieval_epochs": 3, "retrieval_lr": 0.01, "batch_size_retrieval": 64, "retrieval_top_k": 20,
+                      "retrieval_patience": 10},
+        "rerank": {"rerank_top_k": 10},
+        "lrurec": {"lru_hidden_size": 16, "lru_num_blocks": 1, "lru_dropout": 0.1, "lru_attn_dropout": 0.1,
+                   "lru_max_len": 16},
+        "training": {"eval_batch_size": 64, "device": "cpu"},
+    }  # fmt: skip
+    for key, value in overrides.items():
+        section, name = key.split(".") if "." in key else (None, key)
+        (raw.setdefault(section, {}) if section else raw)[name] = value
+    return build_config(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ COPIED = ("dvc.yaml", "params.yaml", ".dvcignore", "recsys_core", "stages")
 
 def sh(cwd, *cmd):
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's embedded store: <project>/mlflow.db
+    env.pop("RECSYS_PROJECT_ROOT", None)
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
@@ -40,6 +43,10 @@ def project(tmp_path):
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["data"].update(dataset_code="custom", custom_interactions="mine.csv", min_uc=3, min_sc=2)
     params["candidates"]["rerank_eval_candidates"] = 10
+    params["retrieval"].update(retrieval_epochs=3, retrieval_lr=0.01, batch_size_retrieval=32, retrieval_top_k=20)
+    params["rerank"]["rerank_top_k"] = 10
+    params["lrurec"].update(lru_hidden_size=16, lru_num_blocks=1, lru_max_len=16)
+    params["training"]["device"] = "cpu"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp_path
 
@@ -51,17 +58,26 @@ def test_dvc_repro_then_nothing_to_do(project):
     outputs = ["interactions.parquet", "items.parquet", "users.parquet", "dataset_single_export.csv", "stats.json",
                "gt_candidates.parquet"]  # fmt: skip
     assert all((prep / name).exists() for name in outputs)
+    exp = project / "experiments/retrieval/lrurec/custom/seed42"
+    trained = ["model.safetensors", "config.json", "retrieved.csv", "retrieved_metrics.json", "history.tsv"]
+    assert all((exp / name).exists() for name in [*trained, "registered.json", "promotion.json"])
+    assert json.loads((exp / "promotion.json").read_text())["promoted"] is True
+    assert (project / "mlflow.db").exists() and (project / "mlartifacts").is_dir()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "prepare", "gt_candidates"}
-    snapshot = {name: (prep / name).read_bytes() for name in outputs}
+    assert set(lock["stages"]) == {"download", "prepare", "gt_candidates", "train_retrieval", "promote_retriever"}
+    snapshot = {name: (prep / name).read_bytes() for name in outputs} | {n: (exp / n).read_bytes() for n in trained}
 
     again = sh(project, sys.executable, "-m", "dvc", "repro")
     assert "Data and pipelines are up to date" in again and "Running stage" not in again
 
-    # Outputs are reproducible: forcing every stage again gives the same files, hence the same lock.
+    # Outputs are reproducible: every stage forced again, training from scratch, gives the same files.
+    shutil.rmtree(exp / "checkpoint")
     sh(project, sys.executable, "-m", "dvc", "repro", "--force")
-    assert {name: (prep / name).read_bytes() for name in outputs} == snapshot
-    assert yaml.safe_load((project / "dvc.lock").read_text()) == lock
+    assert {name: (prep / name).read_bytes() for name in outputs} | {n: (exp / n).read_bytes() for n in trained} == (
+        snapshot
+    )
+    registered = json.loads((exp / "registered.json").read_text())
+    assert registered["name"] == "custom-retriever" and registered["version"] == 2
 
     metrics = sh(project, sys.executable, "-m", "dvc", "metrics", "show", "--json")
     assert '"interactions"' in metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 import tomllib
@@ -41,7 +42,6 @@ def test_conda_yaml_mirrors_requirements():
 def test_mlproject_entry_points_use_real_flags():
     project = yaml.safe_load((REPO / "MLproject").read_text())
     assert (REPO / project["conda_env"]).exists()
-    parser = build_parser("t", "t")
     for name, entry in project["entry_points"].items():
         command = entry["command"]
         if name == "main":
@@ -52,7 +52,11 @@ def test_mlproject_entry_points_use_real_flags():
         module = argv[2]
         assert (REPO / (module.replace(".", "/") + ".py")).exists(), module
         flags = argv[4:] if module == "stages.cli" else argv[3:]
-        parser.parse_args(flags)  # raises SystemExit on an unknown flag or bad value
+        stage_parser = build_parser("t", "t")
+        add_args = getattr(importlib.import_module(module), "add_args", None)
+        if add_args:
+            add_args(stage_parser)
+        stage_parser.parse_args(flags)  # raises SystemExit on an unknown flag or bad value
 
 
 def test_readme_has_the_two_commands_and_ci_runs_the_test_one():

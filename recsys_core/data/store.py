@@ -25,7 +25,7 @@ PREPARED_FILES = (INTERACTIONS, ITEMS, USERS, EXPORT, STATS)
 
 @dataclass(frozen=True)
 class DataPaths:
-    """Folder layout under a project root: data/raw/{code}/ and data/preprocessed/{code}_min_rating.../"""
+    """Folder layout under a project root: data/raw/{code}/, data/preprocessed/{code}_min_rating.../, experiments/"""
 
     root: Path
 
@@ -34,6 +34,10 @@ class DataPaths:
 
     def prepared(self, data: DataConfig) -> Path:
         return self.root / "data" / "preprocessed" / prepared_dir_name(data)
+
+    def experiment(self, stage: str, method: str, dataset: str, seed: int) -> Path:
+        """experiments/{retrieval,rerank}/{method}/{dataset}/seed{seed}/"""
+        return self.root / "experiments" / stage / method / dataset / f"seed{seed}"
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:

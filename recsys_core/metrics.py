@@ -1,0 +1,91 @@
+"""Ranking metrics for one held-out item per user: Recall, NDCG, Hit at K, and MRR. Vectorised over a batch.
+
+The rank of the true item counts every other item scored at least as high (ties count against the true item), so a
+model that gives every item the same score ranks it last instead of profiting from the item order. Items masked with
+-inf (history, padding) can never outrank it. A user whose true item is absent from a candidate list has rank = inf:
+a miss at every K, counted in the average.
+
+With one relevant item, Recall@K equals Hit@K; both are reported because users expect both names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+DEFAULT_KS = (5, 10, 20)
+METRICS = ("recall", "ndcg", "hit")
+
+
+def target_ranks(scores: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
+    """0-based rank of column ``target_index[b]`` in row b of ``scores`` (B, C); target_index < 0 means absent."""
+    scores = scores.float()
+    scores = torch.where(torch.isnan(scores), -math.inf, scores)  # a NaN score never helps an item
+    present = target_index >= 0
+    safe = target_index.clamp(min=0)
+    target_score = scores.gather(1, safe.unsqueeze(1))
+    ahead = (scores >= target_score).sum(dim=1) - 1  # others at least as high (the target ties with itself)
+    rank = ahead.to(torch.float64)
+    rank[~present] = math.inf
+    rank[present & torch.isneginf(target_score.squeeze(1))] = math.inf  # a masked target cannot be found
+    return rank
+
+
+def metrics_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, torch.Tensor]:
+    """Per-user metric values (float64 tensors of length B) keyed like ``ndcg_at_10`` and ``mrr``."""
+    out: dict[str, torch.Tensor] = {}
+    finite = torch.isfinite(ranks)
+    for k in ks:
+        hit = (ranks < k).to(torch.float64)
+        out[f"recall_at_{k}"] = hit
+        out[f"hit_at_{k}"] = hit
+        gain = torch.zeros_like(ranks)
+        gain[finite] = 1.0 / torch.log2(ranks[finite] + 2.0)
+        out[f"ndcg_at_{k}"] = gain * hit
+    rr = torch.zeros_like(ranks)
+    rr[finite] = 1.0 / (ranks[finite] + 1.0)
+    out["mrr"] = rr
+    return out
+
+
+def metric_names(ks: Iterable[int] = DEFAULT_KS) -> list[str]:
+    return [f"{m}_at_{k}" for m in METRICS for k in ks] + ["mrr"]
+
+
+class MetricAccumulator:
+    """Sums per-user values over batches; ``result()`` averages over every user seen."""
+
+    def __init__(self, ks: Iterable[int] = DEFAULT_KS):
+        self.ks = tuple(ks)
+        self.sums = {name: 0.0 for name in metric_names(self.ks)}
+        self.count = 0
+
+    def add_ranks(self, ranks: torch.Tensor) -> None:
+        for name, values in metrics_from_ranks(ranks.cpu(), self.ks).items():
+            self.sums[name] += float(values.sum())
+        self.count += int(ranks.numel())
+
+    def result(self) -> dict[str, float]:
+        if not self.count:
+            raise ValueError("no users were evaluated")
+        return {name: total / self.count for name, total in self.sums.items()}
+
+
+def prefixed(metrics: dict[str, float], split: str) -> dict[str, float]:
+    """``{"ndcg_at_10": x}`` -> ``{"val/ndcg_at_10": x}``: the names MLflow and DVC use."""
+    return {f"{split}/{name}": value for name, value in metrics.items()}
+
+
+def format_table(rows: dict[str, dict[str, float]], ks: Iterable[int] = DEFAULT_KS) -> str:
+    """Readable table: one block per row label, metrics as lines, K as columns."""
+    ks = tuple(ks)
+    lines = []
+    for label, metrics in rows.items():
+        lines.append(f"{label:<12}" + "".join(f"{'@' + str(k):>10}" for k in ks))
+        for m in METRICS:
+            lines.append(f"  {m.capitalize():<10}" + "".join(f"{metrics[f'{m}_at_{k}']:>10.4f}" for k in ks))
+        if "mrr" in metrics:
+            lines.append(f"  {'MRR':<10}{metrics['mrr']:>10.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,19 @@
+"""Stage-1 retrievers by method name. Adding a method: one new file and one line here."""
+
+from __future__ import annotations
+
+from recsys_core.errors import ConfigError
+from recsys_core.retrieval.base import Retriever
+from recsys_core.retrieval.lrurec import LRURec
+
+RETRIEVERS: dict[str, type[Retriever]] = {
+    "lrurec": LRURec,
+}
+
+
+def get_retriever_class(method: str) -> type[Retriever]:
+    if method not in RETRIEVERS:
+        raise ConfigError(
+            f"retrieval method {method!r} is not available in this version; available: {', '.join(RETRIEVERS)}"
+        )
+    return RETRIEVERS[method]

@@ -1,0 +1,86 @@
+"""Metric values against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recsys_core.evaluation import evaluate_full_ranking, mask_history
+from recsys_core.metrics import MetricAccumulator, metrics_from_ranks, target_ranks
+
+
+def ranks(rows, targets):
+    return target_ranks(torch.tensor(rows, dtype=torch.float32), torch.tensor(targets))
+
+
+def test_rank_counts_items_scored_higher():
+    assert ranks([[0.1, 0.9, 0.5, 0.3]], [2]).tolist() == [1.0]
+    assert ranks([[0.1, 0.9, 0.5, 0.3]], [1]).tolist() == [0.0]
+    assert ranks([[0.1, 0.9, 0.5, 0.3]], [0]).tolist() == [3.0]
+
+
+def test_ties_count_against_the_true_item():
+    # Three items tie with the target: it ranks behind all of them (a constant model gets no credit).
+    assert ranks([[0.5, 0.5, 0.5, 0.5, 0.1]], [2]).tolist() == [3.0]
+    assert ranks([[1.0, 1.0, 1.0]], [0]).tolist() == [2.0]
+
+
+def test_masked_absent_and_nan_targets_are_misses():
+    assert ranks([[-math.inf, 0.2, 0.1]], [0]).tolist() == [math.inf]
+    assert ranks([[0.3, 0.2, 0.1]], [-1]).tolist() == [math.inf]
+    assert ranks([[float("nan"), 0.2, 0.1]], [0]).tolist() == [math.inf]
+    assert ranks([[float("nan"), 0.2, 0.1]], [2]).tolist() == [1.0]  # a NaN item does not outrank anyone
+
+
+def test_metric_values_by_hand():
+    r = torch.tensor([0.0, 1.0, 4.0, 9.0, math.inf], dtype=torch.float64)
+    m = metrics_from_ranks(r, ks=(1, 5, 10))
+    assert m["hit_at_1"].tolist() == [1, 0, 0, 0, 0]
+    assert m["hit_at_5"].tolist() == [1, 1, 1, 0, 0]
+    assert m["recall_at_10"].tolist() == [1, 1, 1, 1, 0]
+    expected_ndcg5 = [1.0, 1 / math.log2(3), 1 / math.log2(6), 0.0, 0.0]
+    assert m["ndcg_at_5"].tolist() == pytest.approx(expected_ndcg5)
+    assert m["ndcg_at_10"].tolist()[3] == pytest.approx(1 / math.log2(11))
+    assert m["mrr"].tolist() == pytest.approx([1.0, 0.5, 0.2, 0.1, 0.0])
+
+
+def test_k_larger_than_the_list():
+    # Four candidates, K = 20: every present target is a hit; the absent one is not.
+    r = ranks([[0.4, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1]], [3, -1])
+    m = metrics_from_ranks(r, ks=(20,))
+    assert m["hit_at_20"].tolist() == [1.0, 0.0]
+    assert m["ndcg_at_20"].tolist() == pytest.approx([1 / math.log2(5), 0.0])
+
+
+def test_accumulator_averages_over_every_user():
+    acc = MetricAccumulator(ks=(1,))
+    acc.add_ranks(torch.tensor([0.0, math.inf]))
+    acc.add_ranks(torch.tensor([3.0]))
+    result = acc.result()
+    assert result["hit_at_1"] == pytest.approx(1 / 3)
+    assert result["mrr"] == pytest.approx((1 + 0 + 0.25) / 3)
+
+
+def test_full_ranking_masks_history_and_padding():
+    scores = torch.tensor([[9.0, 8.0, 7.0, 1.0, 0.5]])
+    masked = mask_history(scores.clone(), [np.array([1, 2])])
+    assert torch.isneginf(masked[0, :3]).all() and masked[0, 3] == 1.0
+
+
+def test_full_ranking_evaluation_counts_and_orders_users():
+    n_items = 6
+    preferences = torch.tensor([0.0, 6, 5, 4, 3, 2, 1])  # item 1 best ... item 6 worst
+
+    def score(histories):
+        return preferences.repeat(len(histories), 1)
+
+    histories = [np.array([1]), np.array([1, 2, 3]), np.array([], dtype=np.int64)]
+    targets = np.array([2, 4, 6])  # ranks after masking: 0, 0, 5
+    result = evaluate_full_ranking(score, histories, targets, np.array([1, 2, 3]), ks=(1, 5), batch_size=2, keep_top=3)
+    assert result.target_rank.tolist() == [0.0, 0.0, 5.0]
+    assert result.metrics["hit_at_1"] == pytest.approx(2 / 3) and result.metrics["hit_at_5"] == pytest.approx(2 / 3)
+    assert result.top_items.tolist() == [[2, 3, 4], [4, 5, 6], [1, 2, 3]]
+    assert n_items == 6
