@@ -30,16 +30,28 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     tracking.configure(root)
     dataset = args.dataset or cfg.data.dataset_code
     name = registry.model_name(dataset, args.kind)
-    decision = registry.promote(name, args.version, args.metric, args.force)
+    pipeline = args.dataset is None and args.version is None  # the DVC stage: promote what this config trained
+    version, record = args.version, None
+    if pipeline:
+        method = cfg.retrieval.retrieval_method if args.kind == "retriever" else cfg.rerank.rerank_method
+        folder = paths().experiment(STAGE_OF[args.kind], method, dataset, cfg.seed)
+        registered = folder / "registered.json"
+        if registered.exists():
+            version = json.loads(registered.read_text())["version"]
+        record = folder / "promotion.json"
+    try:
+        decision = registry.promote(name, version, args.metric, args.force)
+    except registry.RegistryError as err:
+        if pipeline and version is not None:
+            raise registry.RegistryError(
+                f"{err}. {registered} names version {version}, which this MLflow store does not hold (was the store "
+                f"reset?). Train again: `dvc repro --force train_{STAGE_OF[args.kind]}`."
+            ) from None
+        raise
     verdict = "promoted to champion" if decision.promoted else "not promoted"
     print(f"{name} version {decision.version}: {verdict} ({decision.reason})")
-    if args.dataset is None and args.version is None:  # the pipeline's own record (a DVC output)
-        method = cfg.retrieval.retrieval_method if args.kind == "retriever" else cfg.rerank.rerank_method
-        out = paths().experiment(STAGE_OF[args.kind], method, dataset, cfg.seed) / "promotion.json"
-        registered = out.with_name("registered.json")
-        if registered.exists() and json.loads(registered.read_text())["version"] != decision.version:
-            log.warning("the candidate alias points at another version than %s records", registered)
-        write_json(out, decision.as_dict())
+    if record is not None:
+        write_json(record, decision.as_dict())
 
 
 def main(argv: list[str] | None = None) -> int:

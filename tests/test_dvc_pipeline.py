@@ -70,14 +70,17 @@ def test_dvc_repro_then_nothing_to_do(project):
     again = sh(project, sys.executable, "-m", "dvc", "repro")
     assert "Data and pipelines are up to date" in again and "Running stage" not in again
 
-    # Outputs are reproducible: every stage forced again, training from scratch, gives the same files.
-    shutil.rmtree(exp / "checkpoint")
-    sh(project, sys.executable, "-m", "dvc", "repro", "--force")
-    assert {name: (prep / name).read_bytes() for name in outputs} | {n: (exp / n).read_bytes() for n in trained} == (
-        snapshot
-    )
-    registered = json.loads((exp / "registered.json").read_text())
-    assert registered["name"] == "custom-retriever" and registered["version"] == 2
+    # A fresh clone: the lock is there, the outputs and the MLflow store are not. Training from scratch gives the
+    # same files, and the new store gets the model registered and promoted (promotion follows every training).
+    shutil.rmtree(project / "experiments")
+    shutil.rmtree(project / "mlartifacts")
+    shutil.rmtree(project / ".dvc" / "cache")  # no cache, no run cache: as after `git clone`
+    (project / "mlflow.db").unlink()
+    rebuilt = sh(project, sys.executable, "-m", "dvc", "repro")
+    assert "Running stage 'train_retrieval'" in rebuilt and "Running stage 'promote_retriever'" in rebuilt
+    assert {n: (exp / n).read_bytes() for n in trained} == {n: snapshot[n] for n in trained}
+    promotion = json.loads((exp / "promotion.json").read_text())
+    assert promotion["promoted"] is True and promotion["version"] == 1
 
     metrics = sh(project, sys.executable, "-m", "dvc", "metrics", "show", "--json")
     assert '"interactions"' in metrics
