@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv stats ui clean-venv
+.PHONY: run test lint venv stats ui serve compare clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, found {sys.version.split()[0]}: set PYTHON=/path/to/python3.11"'
@@ -30,6 +30,17 @@ stats: $(STAMP)
 UI_PORT ?= 5000
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(UI_PORT)
+
+# The promoted two-stage model as a REST service on 127.0.0.1 (POST /invocations, see README).
+DATASET ?= ml-100k
+SERVE_PORT ?= 5001
+serve: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+		$(BIN)/mlflow models serve -m "models:/$(DATASET)-two-stage@champion" --env-manager local \
+		--host 127.0.0.1 --port $(SERVE_PORT)
+
+compare: $(STAMP)
+	$(BIN)/python -m stages.cli compare --dataset $(DATASET)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

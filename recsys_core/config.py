@@ -102,9 +102,21 @@ class LRURecConfig(Section):
     lru_r_max: float = Field(0.99, gt=0, lt=1)
 
 
+class BERT4RecConfig(Section):
+    """BERT4Rec (Sun et al., CIKM 2019) as a reranker: hidden 64, 2 layers, 2 heads, mask probability 0.2."""
+
+    bert_hidden_size: int = Field(64, ge=2)
+    bert_num_blocks: int = Field(2, ge=1)
+    bert_num_heads: int = Field(2, ge=1)
+    bert_dropout: float = Field(0.2, ge=0, lt=1)
+    bert_mask_prob: float = Field(0.2, gt=0, lt=1)
+    bert_max_len: int | None = Field(None, ge=2, description="input length incl. [MASK]; null = 200 MovieLens, 50")
+    bert_weight_decay: float = Field(0.01, ge=0)
+
+
 class RerankConfig(Section):
     rerank_method: Literal["qwen", "qwen3vl", "vip5", "bert4rec"] = "bert4rec"
-    rerank_mode: Literal["ground_truth", "retrieval"] = "ground_truth"
+    rerank_mode: Literal["ground_truth", "retrieval"] = "retrieval"
     rerank_epochs: int = Field(10, ge=1)
     rerank_lr: float = Field(1e-4, gt=0)
     rerank_batch_size: int = Field(16, ge=1)
@@ -137,6 +149,7 @@ class Config(BaseModel):
     retrieval: RetrievalConfig = RetrievalConfig()
     lrurec: LRURecConfig = LRURecConfig()
     rerank: RerankConfig = RerankConfig()
+    bert4rec: BERT4RecConfig = BERT4RecConfig()
     llm: LLMConfig = LLMConfig()
 
     @model_validator(mode="after")
@@ -147,6 +160,11 @@ class Config(BaseModel):
         ):
             raise ValueError(
                 f"training.monitor {self.training.monitor!r} needs its K in training.metric_ks {self.training.metric_ks}"
+            )
+        if self.bert4rec.bert_hidden_size % self.bert4rec.bert_num_heads:
+            raise ValueError(
+                f"bert4rec.bert_hidden_size ({self.bert4rec.bert_hidden_size}) must be divisible by "
+                f"bert4rec.bert_num_heads ({self.bert4rec.bert_num_heads})"
             )
         if self.lrurec.lru_r_min >= self.lrurec.lru_r_max:
             raise ValueError("lrurec.lru_r_min must be below lrurec.lru_r_max (ring initialisation radii)")

@@ -81,11 +81,12 @@ def prefixed(metrics: dict[str, float], split: str) -> dict[str, float]:
 def format_table(rows: dict[str, dict[str, float]], ks: Iterable[int] = DEFAULT_KS) -> str:
     """Readable table: one block per row label, metrics as lines, K as columns."""
     ks = tuple(ks)
+    width = max([12, *(len(label) + 1 for label in rows)])
     lines = []
     for label, metrics in rows.items():
-        lines.append(f"{label:<12}" + "".join(f"{'@' + str(k):>10}" for k in ks))
+        lines.append(f"{label:<{width}}" + "".join(f"{'@' + str(k):>10}" for k in ks))
         for m in METRICS:
-            lines.append(f"  {m.capitalize():<10}" + "".join(f"{metrics[f'{m}_at_{k}']:>10.4f}" for k in ks))
+            lines.append(f"  {m.capitalize():<{width - 2}}" + "".join(f"{metrics[f'{m}_at_{k}']:>10.4f}" for k in ks))
         if "mrr" in metrics:
-            lines.append(f"  {'MRR':<10}{metrics['mrr']:>10.4f}")
+            lines.append(f"  {'MRR':<{width - 2}}{metrics['mrr']:>10.4f}")
     return "\n".join(lines)

@@ -57,16 +57,14 @@ class RetrieverModel:
     """pyfunc: item-id history (and optional k, default 10) in; top-k unseen item ids and scores out."""
 
     def load_context(self, context) -> None:
-        import json
-
         import torch
 
+        from recsys_core.model_base import method_of
         from recsys_core.retrieval import get_retriever_class
 
         folder = Path(context.artifacts[RETRIEVER_ARTIFACT])
-        method = json.loads((folder / "config.json").read_text())["method"]
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.retriever = get_retriever_class(method).load(folder, device)
+        self.retriever = get_retriever_class(method_of(folder)).load(folder, device)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         histories = _histories(model_input, self.retriever.n_items)
@@ -76,16 +74,148 @@ class RetrieverModel:
         return top_k(self.retriever.score(histories), histories, ks)
 
 
-def log_retriever(folder: Path, example_history: list[int], pip_requirements: list[str]):
-    """Log the retriever in ``folder`` (model.safetensors + config.json) as a pyfunc of the active run."""
+def log_pyfunc(code_file: str, artifacts: dict[str, str], signature, input_example, pip_requirements: list[str]):
+    """Log a models-from-code pyfunc (``model_code/<code_file>``) with the recsys_core package as its code."""
     import mlflow
 
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(MODEL_CODE / "retriever.py"),
-        artifacts={RETRIEVER_ARTIFACT: str(folder)},
+        python_model=str(MODEL_CODE / code_file),
+        artifacts=artifacts,
         code_paths=[str(Path(__file__).parent)],
-        signature=retriever_signature(),
-        input_example=retriever_input_example(example_history),
+        signature=signature,
+        input_example=input_example,
         pip_requirements=pip_requirements,
     )
+
+
+def log_retriever(folder: Path, example_history: list[int], pip_requirements: list[str]):
+    """Log the retriever in ``folder`` (model.safetensors + config.json) as a pyfunc of the active run."""
+    return log_pyfunc("retriever.py", {RETRIEVER_ARTIFACT: str(folder)}, retriever_signature(),
+                      retriever_input_example(example_history), pip_requirements)  # fmt: skip
+
+
+# --- stage 2 -------------------------------------------------------------------------------------------------------
+
+RERANKER_ARTIFACT = "reranker"
+
+
+def reranker_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    inputs = Schema([ColSpec(Array(DataType.long), "history"), ColSpec(Array(DataType.long), "candidates")])
+    outputs = Schema([ColSpec(Array(DataType.long), "items"), ColSpec(Array(DataType.double), "scores")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _candidate_lists(frame: pd.DataFrame, n_items: int) -> list[np.ndarray]:
+    if "candidates" not in frame:
+        raise ValueError(f"input needs a 'candidates' column of item-id lists; got columns {list(frame.columns)}")
+    out = []
+    for row, value in enumerate(frame["candidates"]):
+        items = np.asarray(list(value), dtype=np.int64)
+        if items.size == 0 or items.min() < 1 or items.max() > n_items:
+            raise ValueError(f"row {row}: candidates must be a non-empty list of item ids in 1..{n_items}")
+        out.append(items)
+    return out
+
+
+def rerank_lists(reranker, histories: list[np.ndarray], lists: list[np.ndarray]) -> pd.DataFrame:
+    """Each candidate list reordered by the reranker's scores (highest first)."""
+    width = max(len(c) for c in lists)
+    packed = np.zeros((len(lists), width), dtype=np.int64)
+    for row, items in enumerate(lists):
+        packed[row, : len(items)] = items
+    scores = reranker.score(histories, packed).float().cpu().numpy()
+    items_out, scores_out = [], []
+    for row, items in enumerate(lists):
+        order = np.argsort(-scores[row, : len(items)], kind="stable")
+        items_out.append(items[order].tolist())
+        scores_out.append(scores[row, : len(items)][order].astype(np.float64).tolist())
+    return pd.DataFrame({"items": items_out, "scores": scores_out})
+
+
+class RerankerModel:
+    """pyfunc: item-id history and a candidate list in; the candidates reordered, with scores, out."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from recsys_core.model_base import method_of
+        from recsys_core.rerank import get_reranker_class
+
+        folder = Path(context.artifacts[RERANKER_ARTIFACT])
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.reranker = get_reranker_class(method_of(folder)).load(folder, device)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        histories = _histories(model_input, self.reranker.n_items)
+        return rerank_lists(self.reranker, histories, _candidate_lists(model_input, self.reranker.n_items))
+
+
+def log_reranker(folder: Path, example_history: list[int], example_candidates: list[int], reqs: list[str]):
+    example = pd.DataFrame({"history": [list(map(int, example_history))],
+                            "candidates": [list(map(int, example_candidates))]})  # fmt: skip
+    return log_pyfunc("reranker.py", {RERANKER_ARTIFACT: str(folder)}, reranker_signature(), example, reqs)
+
+
+# --- the two-stage model -------------------------------------------------------------------------------------------
+
+ITEMS_ARTIFACT, SETTINGS_ARTIFACT = "items", "settings"
+
+
+def two_stage_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    inputs = Schema([ColSpec(Array(DataType.long), "history"), ColSpec(DataType.long, "k", required=False)])
+    outputs = Schema([ColSpec(Array(DataType.long), "items"), ColSpec(Array(DataType.double), "scores"),
+                      ColSpec(Array(DataType.string), "titles")])  # fmt: skip
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+class TwoStageModel:
+    """pyfunc: item-id history (and optional k, default 10) in; the top-k items of retrieval + reranking, with their
+    reranker scores and titles, out."""
+
+    def load_context(self, context) -> None:
+        import json
+
+        import torch
+
+        from recsys_core.model_base import method_of
+        from recsys_core.pipeline import TwoStage
+        from recsys_core.rerank import get_reranker_class
+        from recsys_core.retrieval import get_retriever_class
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        ret_dir, rr_dir = Path(context.artifacts[RETRIEVER_ARTIFACT]), Path(context.artifacts[RERANKER_ARTIFACT])
+        settings = json.loads(Path(context.artifacts[SETTINGS_ARTIFACT]).read_text())
+        self.pipeline = TwoStage(get_retriever_class(method_of(ret_dir)).load(ret_dir, device),
+                                 get_reranker_class(method_of(rr_dir)).load(rr_dir, device),
+                                 settings["retrieval_top_k"], settings["rerank_top_k"])  # fmt: skip
+        items = pd.read_parquet(context.artifacts[ITEMS_ARTIFACT], columns=["item_id", "title"])
+        self.titles = dict(zip(items["item_id"].astype(int), items["title"], strict=True))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        histories = _histories(model_input, self.pipeline.retriever.n_items)
+        ks = [10] * len(histories)
+        if "k" in model_input:
+            ks = [10 if pd.isna(k) else int(k) for k in model_input["k"]]
+        top = max(1, min(max(ks), self.pipeline.rerank_top_k))
+        items, scores = self.pipeline.recommend(histories, top)
+        rows = {"items": [], "scores": [], "titles": []}
+        for row, k in enumerate(ks):
+            keep = [c for c in range(min(k, top)) if items[row, c] > 0]
+            rows["items"].append([int(items[row, c]) for c in keep])
+            rows["scores"].append([float(scores[row, c]) for c in keep])
+            rows["titles"].append([self.titles.get(int(items[row, c]), "") for c in keep])
+        return pd.DataFrame(rows)
+
+
+def log_two_stage(retriever_dir: Path, reranker_dir: Path, items_file: Path, settings_file: Path,
+                  example_history: list[int], reqs: list[str]):  # fmt: skip
+    artifacts = {RETRIEVER_ARTIFACT: str(retriever_dir), RERANKER_ARTIFACT: str(reranker_dir),
+                 ITEMS_ARTIFACT: str(items_file), SETTINGS_ARTIFACT: str(settings_file)}  # fmt: skip
+    return log_pyfunc("two_stage.py", artifacts, two_stage_signature(), retriever_input_example(example_history), reqs)

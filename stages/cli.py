@@ -8,7 +8,18 @@ import sys
 import yaml
 
 from recsys_core.config import Config
-from stages import download, gt_candidates, prepare, promote, show_stats, train_retrieval
+from stages import (
+    compare,
+    download,
+    evaluate_pipeline,
+    gt_candidates,
+    prepare,
+    promote,
+    show_stats,
+    train_pipeline,
+    train_rerank,
+    train_retrieval,
+)
 from stages.common import run_stage
 
 
@@ -34,6 +45,10 @@ COMMANDS = {
     "gt-candidates": (gt_candidates.main, "sample ground-truth candidate lists"),
     "data-prepare": (_data_prepare, "download + prepare + gt-candidates (the original data_prepare.py)"),
     "train-retrieval": (train_retrieval.main, "train the stage-1 retriever, evaluate, log to MLflow, register"),
+    "train-rerank": (train_rerank.main, "train the stage-2 reranker, evaluate on candidate lists, register"),
+    "evaluate-pipeline": (evaluate_pipeline.main, "run the champion retriever + reranker, register the two-stage"),
+    "train-pipeline": (train_pipeline.main, "stage 1, stage 2 and the evaluation under one MLflow parent run"),
+    "compare": (compare.main, "latest run of each method with metrics, version and champion mark"),
     "promote": (promote.main, "promote a registered retriever/reranker version to champion"),
     "stats": (show_stats.main, "print the prepared dataset's statistics"),
     "params": (_params, "print the resolved configuration"),

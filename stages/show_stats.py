@@ -1,5 +1,5 @@
-"""Print the prepared dataset's statistics (stats.json) and, once trained, the retriever's metrics; `make run` ends
-with it."""
+"""Print the prepared dataset's statistics (stats.json) and, once trained, the retriever's metrics and the two-stage
+results next to retrieval alone; `make run` ends with it."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         print(f"\nRetriever {method}: full ranking over {found['items']:,} items, all {found['users']:,} users "
               f"(best epoch {found['best_epoch']} of {found['epochs_run']})")  # fmt: skip
         print(format_table({"validation": rows["val"], "test": rows["test"]}, ks))
+    results = paths().root / "experiments" / "pipeline" / cfg.data.dataset_code / f"seed{cfg.seed}" / "results.txt"
+    if results.exists():
+        print("\n" + results.read_text(encoding="utf-8").rstrip())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,15 +5,10 @@ log the MLflow run and register the model as a new version of `{dataset}-retriev
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
-from pathlib import Path
 
-import pandas as pd
-
-import recsys_core
 from recsys_core import registry, serving, tracking
 from recsys_core.candidates import retrieved_table
 from recsys_core.config import Config
@@ -22,35 +17,11 @@ from recsys_core.evaluation import evaluate_full_ranking, split_inputs
 from recsys_core.io import staged_directory
 from recsys_core.metrics import format_table, prefixed
 from recsys_core.retrieval import get_retriever_class
-from recsys_core.training import LoopSettings, resolve_device, seed_everything
+from recsys_core.training import resolve_device, seed_everything
 from stages.common import paths, run_stage
+from stages.training_common import fingerprint, loop_settings, pinned_requirements, run_params, run_tags, write_curves
 
 log = logging.getLogger("recsys.train_retrieval")
-
-SERVING_REQUIREMENTS = ("torch", "numpy", "pandas", "safetensors", "pydantic", "pyyaml", "tqdm", "mlflow")
-
-
-def pinned_requirements(names=SERVING_REQUIREMENTS) -> list[str]:
-    """Exact versions of what a served model needs, from this environment (so MLflow does not guess them)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for name in names:
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pass
-    return pins
-
-
-def fingerprint(cfg: Config, hparams: dict, data_md5: str) -> str:
-    """What a checkpoint must match to be resumed: settings, data and the code itself."""
-    code = hashlib.sha256()
-    for source in sorted(Path(recsys_core.__file__).parent.rglob("*.py")):
-        code.update(source.read_bytes())
-    identity = {"retrieval": cfg.retrieval.model_dump(), "training": cfg.training.model_dump(exclude={"resume"}),
-                "hparams": hparams, "seed": cfg.seed, "data": data_md5, "code": code.hexdigest()}  # fmt: skip
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def body(cfg: Config, args: argparse.Namespace) -> None:
@@ -67,15 +38,14 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     hparams = retriever_cls.hyperparameters(cfg, code)
     retriever = retriever_cls(dataset.n_items, hparams, device)
     data_tags = tracking.data_hash_tags({"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS})
-    settings = LoopSettings(
-        epochs=cfg.retrieval.retrieval_epochs, lr=cfg.retrieval.retrieval_lr, patience=cfg.retrieval.retrieval_patience,
-        monitor=cfg.training.monitor, grad_clip=cfg.training.grad_clip, mixed_precision=cfg.training.mixed_precision,
-        seed=seed, batch_size=cfg.retrieval.batch_size_retrieval, resume=cfg.training.resume,
-        checkpoint_dir=out / "checkpoint", fingerprint=fingerprint(cfg, hparams, data_tags.get("data.interactions.md5", "")),
+    r = cfg.retrieval
+    settings = loop_settings(
+        cfg, epochs=r.retrieval_epochs, lr=r.retrieval_lr, patience=r.retrieval_patience,
+        batch_size=r.batch_size_retrieval, checkpoint_dir=out / "checkpoint",
+        fingerprint=fingerprint(cfg, {"retrieval": r.model_dump()}, hparams, data_tags.get("data.interactions.md5", "")),
     )  # fmt: skip
-    tags = {"dataset": code, "method": method, "stage": "retrieval", "seed": str(seed), "device": str(device),
-            "git_commit": tracking.git_commit(root), "prepared_dir": prepared.name, **data_tags}  # fmt: skip
-    params = {**tracking.flatten_params(cfg.model_dump(mode="json")), **{f"model.{k}": v for k, v in hparams.items()}}
+    tags = run_tags(root, cfg, "retrieval", method, device, prepared, data_tags)
+    params = run_params(cfg, hparams)
     ks = cfg.training.metric_ks
     top_k = cfg.retrieval.retrieval_top_k
     name = tracking.run_name(method, code, seed)
@@ -101,11 +71,9 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
             info = serving.log_retriever(scratch, [int(i) for i in seqs.train[1][-10:]], pinned_requirements())
             retrieved_table(results).to_csv(scratch / "retrieved.csv", index=False)
             (scratch / "retrieved_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-            # Timings go to MLflow only: history.tsv is a DVC plot and must be the same for the same inputs.
-            curves = pd.DataFrame(history.epochs).drop(columns=["epoch_seconds", "eval_seconds"])
-            curves.astype({"epoch": int}).to_csv(scratch / "history.tsv", sep="\t", index=False)
-            mlflow.log_artifact(str(scratch / "history.tsv"))
-            mlflow.log_artifact(str(scratch / "retrieved_metrics.json"))
+            write_curves(history, scratch / "history.tsv")
+            for name in ("history.tsv", "retrieved_metrics.json", "retrieved.csv"):  # rerankers read retrieved.csv
+                mlflow.log_artifact(str(scratch / name))
             version = registry.register(info.model_uri, registry.model_name(code, "retriever"),
                                         {**tags, "run_id": run.info.run_id}, metrics)  # fmt: skip
             registered = {"name": registry.model_name(code, "retriever"), "version": version,

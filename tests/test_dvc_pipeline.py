@@ -44,7 +44,8 @@ def project(tmp_path):
     params["data"].update(dataset_code="custom", custom_interactions="mine.csv", min_uc=3, min_sc=2)
     params["candidates"]["rerank_eval_candidates"] = 10
     params["retrieval"].update(retrieval_epochs=3, retrieval_lr=0.01, batch_size_retrieval=32, retrieval_top_k=20)
-    params["rerank"]["rerank_top_k"] = 10
+    params["rerank"].update(rerank_top_k=10, rerank_epochs=4, rerank_lr=0.01, rerank_batch_size=32)
+    params["bert4rec"].update(bert_hidden_size=16, bert_num_blocks=1, bert_max_len=16)
     params["lrurec"].update(lru_hidden_size=16, lru_num_blocks=1, lru_max_len=16)
     params["training"]["device"] = "cpu"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -64,7 +65,21 @@ def test_dvc_repro_then_nothing_to_do(project):
     assert json.loads((exp / "promotion.json").read_text())["promoted"] is True
     assert (project / "mlflow.db").exists() and (project / "mlartifacts").is_dir()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "prepare", "gt_candidates", "train_retrieval", "promote_retriever"}
+    assert set(lock["stages"]) == {"download", "prepare", "gt_candidates", "train_retrieval", "promote_retriever",
+                                   "train_rerank", "promote_reranker", "evaluate_pipeline"}  # fmt: skip
+    rerank = project / "experiments/rerank/bert4rec/custom/seed42"
+    assert all((rerank / n).exists() for n in ("model.safetensors", "metrics.json", "history.tsv", "promotion.json"))
+    pipeline = json.loads((project / "experiments/pipeline/custom/seed42/metrics.json").read_text())
+    assert {"test/ndcg_at_10", "test_retrieval_only/ndcg_at_10"} <= set(pipeline) and pipeline["two_stage_promoted"]
+    # The registered two-stage model answers from a fresh process.
+    script = (
+        "import mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{project}/mlflow.db')\n"
+        "m = mlflow.pyfunc.load_model('models:/custom-two-stage@champion')\n"
+        "out = m.predict(pd.DataFrame({'history': [[1, 2, 3]], 'k': [5]}))\n"
+        "print(len(out['items'][0]), len(out['titles'][0]))\n"
+    )
+    assert sh("/", sys.executable, "-c", script).strip().splitlines()[-1] == "5 5"
     snapshot = {name: (prep / name).read_bytes() for name in outputs} | {n: (exp / n).read_bytes() for n in trained}
 
     again = sh(project, sys.executable, "-m", "dvc", "repro")
@@ -77,7 +92,8 @@ def test_dvc_repro_then_nothing_to_do(project):
     shutil.rmtree(project / ".dvc" / "cache")  # no cache, no run cache: as after `git clone`
     (project / "mlflow.db").unlink()
     rebuilt = sh(project, sys.executable, "-m", "dvc", "repro")
-    assert "Running stage 'train_retrieval'" in rebuilt and "Running stage 'promote_retriever'" in rebuilt
+    for stage in ("train_retrieval", "promote_retriever", "train_rerank", "promote_reranker", "evaluate_pipeline"):
+        assert f"Running stage '{stage}'" in rebuilt
     assert {n: (exp / n).read_bytes() for n in trained} == {n: snapshot[n] for n in trained}
     promotion = json.loads((exp / "promotion.json").read_text())
     assert promotion["promoted"] is True and promotion["version"] == 1

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import cyclic_rows, raw_dataset, tiny_config
 
+from recsys_core.batching import bucketed_batches, training_windows
 from recsys_core.config import DataConfig
 from recsys_core.data.preprocess import preprocess
 from recsys_core.data.store import Sequences
 from recsys_core.evaluation import evaluate_full_ranking, split_inputs
-from recsys_core.retrieval.base import bucketed_batches, training_windows
 from recsys_core.retrieval.lrurec import LRULayer, LRURec, parallel_scan, sequential_scan
 from recsys_core.training import LoopSettings, seed_everything
 

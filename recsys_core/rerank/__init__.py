@@ -1,0 +1,19 @@
+"""Stage-2 rerankers by method name. Adding a method: one new file and one line here."""
+
+from __future__ import annotations
+
+from recsys_core.errors import ConfigError
+from recsys_core.rerank.base import Reranker
+from recsys_core.rerank.bert4rec import BERT4Rec
+
+RERANKERS: dict[str, type[Reranker]] = {
+    "bert4rec": BERT4Rec,
+}
+
+
+def get_reranker_class(method: str) -> type[Reranker]:
+    if method not in RERANKERS:
+        raise ConfigError(
+            f"rerank method {method!r} is not available in this version; available: {', '.join(RERANKERS)}"
+        )
+    return RERANKERS[method]

@@ -1,0 +1,28 @@
+"""The reranker contract: ``fit(train, val) -> history``, ``score(histories, candidates) -> (B, K)``, ``save``,
+``load`` (the last two from SavedModel: safetensors + JSON)."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from recsys_core.data.store import Sequences
+from recsys_core.model_base import SavedModel
+from recsys_core.rerank.data import CandidateSet
+from recsys_core.training import EpochCallback, History, LoopSettings
+
+
+class Reranker(SavedModel):
+    """Orders a short candidate list for each user given the user's history."""
+
+    @abstractmethod
+    def fit(self, seqs: Sequences, val: CandidateSet, settings: LoopSettings,
+            callbacks: Sequence[EpochCallback] = (), ks: Sequence[int] = (5, 10, 20)) -> History:  # fmt: skip
+        """Learn from the train sequences only; ``val`` (validation candidates) drives early stopping."""
+
+    @abstractmethod
+    def score(self, histories: list[np.ndarray], candidates: np.ndarray) -> torch.Tensor:
+        """(B, K) scores for the (B, K) candidate ids (0 = empty slot, scored -inf by the caller)."""

@@ -1,0 +1,136 @@
+"""DVC stage `evaluate_pipeline`: the promoted retriever and reranker (`models:/{dataset}-retriever@champion`,
+`models:/{dataset}-reranker@champion`, or the versions given) run as one two-stage recommender on the validation and
+test users; metrics at every K over all users, next to retrieval alone, are logged with the versions and data
+hashes used; the pipeline is registered as `{dataset}-two-stage` and promoted when it beats the champion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from recsys_core import registry, serving, tracking
+from recsys_core.config import Config
+from recsys_core.data.store import INTERACTIONS, ITEMS, Sequences, load_prepared
+from recsys_core.errors import MissingArtifactError
+from recsys_core.evaluation import split_inputs
+from recsys_core.io import staged_directory, write_json
+from recsys_core.metrics import format_table, prefixed
+from recsys_core.pipeline import TwoStage
+from recsys_core.rerank.evaluate import evaluate_lists, list_order_result
+from recsys_core.training import resolve_device
+from stages.common import paths, run_stage
+from stages.training_common import pinned_requirements
+
+log = logging.getLogger("recsys.evaluate_pipeline")
+
+
+def load_version(dataset: str, kind: str, version: int | None):
+    """The recsys model behind a registered version (default: the champion) and that version's record."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = registry.model_name(dataset, kind)
+    client = mlflow.MlflowClient()
+    try:
+        record = (client.get_model_version(name, str(version)) if version is not None
+                  else client.get_model_version_by_alias(name, registry.CHAMPION))  # fmt: skip
+    except MlflowException:
+        which = f"version {version}" if version is not None else "a champion"
+        raise MissingArtifactError(
+            f"{name} has no {which}: train and promote it first (`recsys promote {kind}`)"
+        ) from None
+    wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{record.version}").unwrap_python_model()
+    model = wrapper.retriever if kind == "retriever" else wrapper.reranker
+    return model, record
+
+
+def body(cfg: Config, args: argparse.Namespace) -> None:
+    root = tracking.project_root(paths().root)
+    tracking.configure(root)
+    code, seed = cfg.data.dataset_code, cfg.seed
+    prepared = paths().prepared(cfg.data)
+    dataset = load_prepared(prepared)
+    seqs = Sequences.from_dataset(dataset)
+    retriever, ret_v = load_version(code, "retriever", args.retriever_version)
+    reranker, rr_v = load_version(code, "reranker", args.reranker_version)
+    device = resolve_device(cfg.training.device)
+    retriever.model.to(device), reranker.model.to(device)
+    retriever.device, reranker.device = device, device
+    top_k, rerank_k = cfg.retrieval.retrieval_top_k, cfg.rerank.rerank_top_k
+    pipeline = TwoStage(retriever, reranker, top_k, rerank_k)
+    ks = cfg.training.metric_ks
+
+    results, baselines = {}, {}
+    for split in ("val", "test"):
+        cset = pipeline.candidate_set(*split_inputs(seqs, split), batch_size=cfg.training.eval_batch_size)
+        results[split] = evaluate_lists(reranker.score, cset, ks, cfg.training.eval_batch_size, desc=split)
+        baselines[split] = list_order_result(cset, ks)
+    metrics = {**prefixed(results["val"].all_users, "val"), **prefixed(results["test"].all_users, "test"),
+               **prefixed(baselines["val"].all_users, "val_retrieval_only"),
+               **prefixed(baselines["test"].all_users, "test_retrieval_only"),
+               "test_candidate_recall": results["test"].n_hit / results["test"].n_users}  # fmt: skip
+    versions = {"retriever.version": str(ret_v.version), "retriever.method": ret_v.tags.get("method", ""),
+                "retriever.run_id": ret_v.run_id, "reranker.version": str(rr_v.version),
+                "reranker.method": rr_v.tags.get("method", ""), "reranker.run_id": rr_v.run_id}  # fmt: skip
+    data_tags = tracking.data_hash_tags({"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS})
+    tags = {"dataset": code, "stage": "pipeline", "method": f"{versions['retriever.method']}+{versions['reranker.method']}",
+            "seed": str(seed), "git_commit": tracking.git_commit(root), **versions, **data_tags}  # fmt: skip
+    params = {
+        "retrieval_top_k": top_k,
+        "rerank_top_k": rerank_k,
+        **tracking.flatten_params(cfg.model_dump(mode="json")),
+    }
+    out = paths().root / "experiments" / "pipeline" / code / f"seed{seed}"
+
+    import mlflow
+
+    name = f"pipeline-{code}-seed{seed}"
+    with tracking.training_run(root, code, name, params, tags, args.parent_run_id) as run:
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            retriever.save(tmp / "retriever")
+            reranker.save(tmp / "reranker")
+            write_json(tmp / "settings.json", {"retrieval_top_k": top_k, "rerank_top_k": rerank_k})
+            example = [int(i) for i in seqs.train[1][-10:]]
+            info = serving.log_two_stage(tmp / "retriever", tmp / "reranker", prepared / ITEMS, tmp / "settings.json",
+                                         example, pinned_requirements())  # fmt: skip
+        two_stage = registry.model_name(code, "two-stage")
+        version = registry.register(info.model_uri, two_stage, {**tags, "run_id": run.info.run_id}, metrics)
+        decision = registry.promote(two_stage, version, "val/ndcg_at_10")
+        summary = {**metrics, "users": results["test"].n_users, "users_with_true_item_retrieved": results["test"].n_hit,
+                   "retrieval_top_k": top_k, "rerank_top_k": rerank_k, **versions,
+                   "two_stage_version": version, "two_stage_promoted": decision.promoted}  # fmt: skip
+        with staged_directory(out) as scratch:
+            (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (scratch / "results.txt").write_text(results_table(results["test"], baselines["test"], ks, summary) + "\n")
+            mlflow.log_artifact(str(scratch / "results.txt"))
+    print(results_table(results["test"], baselines["test"], ks, summary))
+    print(f"\nregistered {two_stage} version {version}: {'champion' if decision.promoted else 'not promoted'} "
+          f"({decision.reason}); serve it with `make serve`")  # fmt: skip
+
+
+def results_table(result, baseline, ks, summary) -> str:
+    head = (f"Two-stage on {summary['users']} test users: retriever v{summary['retriever.version']} "
+            f"({summary['retriever.method']}, top {summary['retrieval_top_k']}) -> reranker v{summary['reranker.version']} "
+            f"({summary['reranker.method']}, reranks the top {summary['rerank_top_k']}); the true item was retrieved "
+            f"for {summary['users_with_true_item_retrieved']} users, the others count as misses.")  # fmt: skip
+    return head + "\n" + format_table({"retrieval": baseline.all_users, "two-stage": result.all_users}, ks)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retriever_version", type=int, default=None, help="default: the champion")
+    parser.add_argument("--reranker_version", type=int, default=None, help="default: the champion")
+    parser.add_argument("--parent_run_id", default=None, help="nest the MLflow run under this run (pipelines)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("recsys evaluate-pipeline", __doc__, body, argv, add_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""`recsys train-pipeline`: the original train_pipeline.py. Stage 1, its promotion, stage 2, its promotion and the
+two-stage evaluation, each a child run under one parent MLflow run (children get the parent by id; MLFLOW_RUN_ID is
+not passed on, since a nested start would then resume the parent). The data stages run first if their outputs are
+missing."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+
+from recsys_core import tracking
+from recsys_core.config import Config
+from recsys_core.data.store import GT_CANDIDATES
+from recsys_core.errors import RecsysError
+from stages.common import paths, run_stage
+
+log = logging.getLogger("recsys.train_pipeline")
+
+
+class StageFailed(RecsysError):
+    """A stage of the pipeline exited with an error (its own message is above)."""
+
+
+def _run(module: str, flags: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    cmd = [sys.executable, "-m", module, *flags]
+    log.info("running %s", " ".join(cmd))
+    if subprocess.run(cmd, env=env, check=False).returncode != 0:
+        raise StageFailed(f"`{' '.join(cmd)}` failed; see its message above")
+
+
+def body(cfg: Config, args: argparse.Namespace) -> None:
+    flags = list(args.forward)
+    prepared = paths().prepared(cfg.data)
+    if not (prepared / GT_CANDIDATES).exists():
+        for module in ("stages.download", "stages.prepare", "stages.gt_candidates"):
+            _run(module, flags)
+    root = tracking.project_root(paths().root)
+    name = f"train-pipeline-{cfg.data.dataset_code}-seed{cfg.seed}"
+    tags = {"dataset": cfg.data.dataset_code, "stage": "train_pipeline", "seed": str(cfg.seed),
+            "method": f"{cfg.retrieval.retrieval_method}+{cfg.rerank.rerank_method}",
+            "git_commit": tracking.git_commit(root)}  # fmt: skip
+    params = tracking.flatten_params(cfg.model_dump(mode="json"))
+    with tracking.training_run(root, cfg.data.dataset_code, name, params, tags) as parent:
+        nested = [*flags, "--parent_run_id", parent.info.run_id]
+        _run("stages.train_retrieval", nested)
+        _run("stages.promote", ["retriever", *flags])
+        _run("stages.train_rerank", nested)
+        _run("stages.promote", ["reranker", *flags])
+        _run("stages.evaluate_pipeline", nested)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def add_args(parser: argparse.ArgumentParser) -> None:
+        parser.set_defaults(forward=[a for a in argv if a not in ("-v", "--verbose")])
+
+    return run_stage("recsys train-pipeline", __doc__, body, argv, add_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""DVC stage `train_rerank`: train the stage-2 reranker (`rerank.rerank_method`) on the train sequences and
+evaluate it on candidate lists: `ground_truth` mode reranks the ground-truth lists (1 true + N-1 negatives);
+`retrieval` mode reranks the top `rerank_top_k` of the champion retriever's candidates, over all users (a true item
+that was not retrieved is a miss), next to the retriever's own order. Writes
+experiments/rerank/{method}/{dataset}/seed{seed}/, logs the MLflow run, registers `{dataset}-reranker`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from recsys_core import registry, serving, tracking
+from recsys_core.candidates import load_gt_candidates, read_retrieved
+from recsys_core.config import Config
+from recsys_core.data.store import GT_CANDIDATES, INTERACTIONS, ITEMS, Sequences, load_prepared
+from recsys_core.errors import MissingArtifactError
+from recsys_core.io import staged_directory
+from recsys_core.metrics import format_table, prefixed
+from recsys_core.rerank import get_reranker_class
+from recsys_core.rerank.data import CandidateSet, from_ground_truth, from_retrieved
+from recsys_core.rerank.evaluate import RerankResult, evaluate_lists, list_order_result
+from recsys_core.training import resolve_device, seed_everything
+from stages.common import paths, run_stage
+from stages.training_common import fingerprint, loop_settings, pinned_requirements, run_params, run_tags, write_curves
+
+log = logging.getLogger("recsys.train_rerank")
+
+
+def champion_candidates(dataset: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """retrieved.csv of the run behind `models:/{dataset}-retriever@champion`, and tags naming that version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = registry.model_name(dataset, "retriever")
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, registry.CHAMPION)
+    except MlflowException:
+        raise MissingArtifactError(
+            f"retrieval mode needs a champion retriever, and {name} has none: run `dvc repro promote_retriever` "
+            f"(or `recsys train-retrieval` then `recsys promote retriever`)"
+        ) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="retrieved.csv", dst_path=tmp)
+        table = read_retrieved(Path(path))
+    tags = {"retriever.name": name, "retriever.version": str(version.version), "retriever.run_id": version.run_id,
+            "retriever.method": version.tags.get("method", "")}  # fmt: skip
+    return table, tags
+
+
+def candidate_sets(cfg: Config, seqs: Sequences, prepared: Path) -> tuple[CandidateSet, CandidateSet, dict]:
+    if cfg.rerank.rerank_mode == "ground_truth":
+        table, meta = load_gt_candidates(prepared / GT_CANDIDATES)
+        tags = {f"gt_candidates.{k}": v for k, v in meta.items()}
+        return from_ground_truth(table, seqs, "val"), from_ground_truth(table, seqs, "test"), tags
+    table, tags = champion_candidates(cfg.data.dataset_code)
+    k = cfg.rerank.rerank_top_k
+    return from_retrieved(table, seqs, "val", k), from_retrieved(table, seqs, "test", k), tags
+
+
+def summary_rows(result: RerankResult, baseline: RerankResult | None) -> dict[str, dict[str, float]]:
+    rows = {"reranked": result.all_users}
+    if baseline is not None:
+        rows = {"retrieval": baseline.all_users, "two-stage": result.all_users}
+        if result.hit_users is not None:
+            rows["retrieval|hit"] = baseline.hit_users
+            rows["two-stage|hit"] = result.hit_users
+    return rows
+
+
+def body(cfg: Config, args: argparse.Namespace) -> None:
+    root = tracking.project_root(paths().root)
+    tracking.configure(root)
+    code, method, mode, seed = cfg.data.dataset_code, cfg.rerank.rerank_method, cfg.rerank.rerank_mode, cfg.seed
+    prepared = paths().prepared(cfg.data)
+    dataset = load_prepared(prepared)
+    seqs = Sequences.from_dataset(dataset)
+    val_set, test_set, source_tags = candidate_sets(cfg, seqs, prepared)
+    reranker_cls = get_reranker_class(method)
+    out = paths().experiment("rerank", method, code, seed)
+
+    seed_everything(seed)
+    device = resolve_device(cfg.training.device)
+    hparams = reranker_cls.hyperparameters(cfg, code)
+    reranker = reranker_cls(dataset.n_items, hparams, device)
+    data_tags = tracking.data_hash_tags({"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS})
+    rr = cfg.rerank
+    identity = {"rerank": rr.model_dump(), "sources": source_tags}
+    settings = loop_settings(
+        cfg, epochs=rr.rerank_epochs, lr=rr.rerank_lr, patience=rr.rerank_patience, batch_size=rr.rerank_batch_size,
+        checkpoint_dir=out / "checkpoint",
+        fingerprint=fingerprint(cfg, identity, hparams, data_tags.get("data.interactions.md5", "")),
+    )  # fmt: skip
+    tags = {**run_tags(root, cfg, "rerank", method, device, prepared, data_tags), "rerank_mode": mode, **source_tags}
+    ks = cfg.training.metric_ks
+
+    import mlflow
+
+    name = tracking.run_name(method, code, seed)
+    with tracking.training_run(root, code, name, run_params(cfg, hparams), tags, args.parent_run_id) as run:
+        history = reranker.fit(seqs, val_set, settings, callbacks=[tracking.epoch_logger()], ks=ks)
+        val = evaluate_lists(reranker.score, val_set, ks, cfg.training.eval_batch_size, desc="val")
+        test = evaluate_lists(reranker.score, test_set, ks, cfg.training.eval_batch_size, desc="test")
+        baseline = list_order_result(test_set, ks) if mode == "retrieval" else None
+        metrics = {**prefixed(val.all_users, "val"), **prefixed(test.all_users, "test")}
+        if baseline is not None:
+            metrics |= prefixed(baseline.all_users, "test_retrieval_only")
+            if test.hit_users is not None:
+                metrics |= prefixed(test.hit_users, "test_hit_users")
+                metrics |= prefixed(baseline.hit_users, "test_retrieval_only_hit_users")
+            metrics["test_candidate_recall"] = test.n_hit / test.n_users
+        mlflow.log_metrics({**metrics, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
+        summary = {**metrics, "mode": mode, "users": test.n_users, "users_with_true_item_in_list": test.n_hit,
+                   "candidates_per_user": int(test_set.candidates.shape[1]), "best_epoch": history.best_epoch,
+                   "epochs_run": len(history.epochs), **source_tags}  # fmt: skip
+
+        with staged_directory(out) as scratch:
+            reranker.save(scratch)
+            example = next(u for u in range(len(test_set)) if len(test_set.histories[u]))
+            info = serving.log_reranker(scratch, test_set.histories[example][-10:].tolist(),
+                                        [int(c) for c in test_set.candidates[example] if c], pinned_requirements())  # fmt: skip
+            (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_curves(history, scratch / "history.tsv")
+            pd.DataFrame({"user_id": test_set.users, "target": test_set.targets, "rank": test.ranks,
+                          "reranked": [" ".join(str(i) for i in row if i) for row in test.order]}).to_csv(
+                scratch / "reranked.csv", index=False)  # fmt: skip
+            for artifact in ("metrics.json", "history.tsv", "reranked.csv"):
+                mlflow.log_artifact(str(scratch / artifact))
+            version = registry.register(info.model_uri, registry.model_name(code, "reranker"),
+                                        {**tags, "run_id": run.info.run_id}, metrics)  # fmt: skip
+            registered = {"name": registry.model_name(code, "reranker"), "version": version,
+                          "run_id": run.info.run_id, "model_uri": info.model_uri}  # fmt: skip
+            (scratch / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
+
+    log.info("outputs in %s; registered %s version %d (alias candidate)", out, registered["name"], version)
+    where = "ground-truth lists" if mode == "ground_truth" else f"top {test_set.candidates.shape[1]} retrieved"
+    print(f"\n{method} reranking {where} on {code} (best epoch {history.best_epoch} of {len(history.epochs)}), "
+          f"test, all {test.n_users} users ({test.n_hit} with the true item in the list):")  # fmt: skip
+    print(format_table(summary_rows(test, baseline), ks))
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parent_run_id", default=None, help="nest the MLflow run under this run (pipelines)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("recsys train-rerank", __doc__, body, argv, add_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

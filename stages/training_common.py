@@ -1,0 +1,68 @@
+"""What the training stages share: loop settings from the config, the checkpoint fingerprint, MLflow params and
+tags, the per-epoch curves file, and the pins a served model needs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import recsys_core
+from recsys_core import tracking
+from recsys_core.config import Config
+from recsys_core.training import History, LoopSettings
+
+SERVING_REQUIREMENTS = ("torch", "numpy", "pandas", "safetensors", "pydantic", "pyyaml", "tqdm", "mlflow")
+
+
+def pinned_requirements(names=SERVING_REQUIREMENTS) -> list[str]:
+    """Exact versions of what a served model needs, from this environment (so MLflow does not guess them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pass
+    return pins
+
+
+def fingerprint(cfg: Config, sections: dict[str, Any], hparams: dict, data_md5: str) -> str:
+    """What a checkpoint must match to be resumed: settings, data and the code itself."""
+    code = hashlib.sha256()
+    for source in sorted(Path(recsys_core.__file__).parent.rglob("*.py")):
+        code.update(source.read_bytes())
+    identity = {**sections, "training": cfg.training.model_dump(exclude={"resume"}), "hparams": hparams,
+                "seed": cfg.seed, "data": data_md5, "code": code.hexdigest()}  # fmt: skip
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def loop_settings(cfg: Config, *, epochs: int, lr: float, patience: int, batch_size: int, checkpoint_dir: Path,
+                  fingerprint: str) -> LoopSettings:  # fmt: skip
+    t = cfg.training
+    return LoopSettings(epochs=epochs, lr=lr, patience=patience, monitor=t.monitor, grad_clip=t.grad_clip,
+                        mixed_precision=t.mixed_precision, seed=cfg.seed, batch_size=batch_size, resume=t.resume,
+                        checkpoint_dir=checkpoint_dir, fingerprint=fingerprint)  # fmt: skip
+
+
+def run_params(cfg: Config, hparams: dict) -> dict[str, Any]:
+    """Every resolved params.yaml key plus the model's own settings (``model.*``)."""
+    return {**tracking.flatten_params(cfg.model_dump(mode="json")), **{f"model.{k}": v for k, v in hparams.items()}}
+
+
+def run_tags(root: Path, cfg: Config, stage: str, method: str, device: Any, prepared: Path,
+             data_tags: dict[str, str]) -> dict[str, str]:  # fmt: skip
+    return {"dataset": cfg.data.dataset_code, "method": method, "stage": stage, "seed": str(cfg.seed),
+            "device": str(device), "git_commit": tracking.git_commit(root), "prepared_dir": prepared.name,
+            **data_tags}  # fmt: skip
+
+
+def write_curves(history: History, path: Path) -> None:
+    """history.tsv for `dvc plots`: per-epoch loss and validation metrics. Timings go to MLflow only, so that the
+    same inputs give the same file."""
+    curves = pd.DataFrame(history.epochs).drop(columns=["epoch_seconds", "eval_seconds"], errors="ignore")
+    curves.astype({"epoch": int}).to_csv(path, sep="\t", index=False)

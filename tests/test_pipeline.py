@@ -1,0 +1,89 @@
+"""`recsys train-pipeline` end to end under one parent MLflow run, `recsys compare`, and the two-stage model served
+over REST by `mlflow models serve` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+from conftest import cyclic_rows
+
+from stages import cli
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--dataset_code", "custom", "--custom_interactions", "mine.csv", "--min_uc", "3", "--min_sc", "1",
+        "--rerank_eval_candidates", "10", "--retrieval_top_k", "20", "--rerank_top_k", "10", "--device", "cpu",
+        "--lru_hidden_size", "16", "--lru_num_blocks", "1", "--lru_max_len", "16", "--batch_size_retrieval", "32",
+        "--retrieval_lr", "0.01", "--retrieval_epochs", "4", "--bert_hidden_size", "16", "--bert_num_blocks", "1",
+        "--bert_max_len", "16", "--rerank_lr", "0.01", "--rerank_epochs", "3", "--rerank_batch_size", "32"]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_train_pipeline_compare_and_serve(workdir, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
+    monkeypatch.setenv("RECSYS_PROJECT_ROOT", str(workdir))
+    pd.DataFrame(cyclic_rows(100, 30), columns=["user", "item", "rating", "timestamp"]).to_csv("mine.csv", index=False)
+    assert cli.main(["train-pipeline", *FAST, "--rerank_mode", "retrieval"]) == 0
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("custom")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("stage") == "train_pipeline"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["stage"] for r in children) == ["pipeline", "rerank", "retrieval"]
+    pipeline = next(r for r in children if r.data.tags["stage"] == "pipeline")
+    for kind in ("retriever", "reranker", "two-stage"):
+        champion = client.get_model_version_by_alias(f"custom-{kind}", "champion")
+        assert int(champion.version) == 1
+    assert pipeline.data.tags["retriever.version"] == "1" and pipeline.data.tags["reranker.version"] == "1"
+    assert "data.interactions.md5" in pipeline.data.tags
+    assert {"test/ndcg_at_10", "test_retrieval_only/ndcg_at_10", "test_candidate_recall"} <= set(pipeline.data.metrics)
+    rerank = next(r for r in children if r.data.tags["stage"] == "rerank")
+    assert rerank.data.tags["rerank_mode"] == "retrieval" and rerank.data.tags["retriever.version"] == "1"
+
+    capsys.readouterr()
+    assert cli.main(["compare", "--dataset", "custom"]) == 0
+    table = capsys.readouterr().out
+    assert "retrieval" in table and "rerank (retrieval)" in table and "lrurec+bert4rec" in table and "yes" in table
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/custom-two-stage@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        body = json.dumps({"dataframe_records": [{"history": [1, 2, 3], "k": 4}, {"history": [5], "k": 2}]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})  # fmt: skip
+        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [len(a["items"]) for a in answer] == [4, 2]
+    assert not {1, 2, 3} & set(answer[0]["items"]) and 5 not in answer[1]["items"]  # history is never recommended
+    assert answer[0]["scores"] == sorted(answer[0]["scores"], reverse=True) and len(answer[0]["titles"]) == 4

@@ -1,0 +1,77 @@
+"""Reranker inputs: training examples never leak held-out items; retrieval-mode metrics count missed users."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import random_log, raw_dataset
+
+from recsys_core.config import DataConfig
+from recsys_core.data.preprocess import preprocess
+from recsys_core.data.store import Sequences
+from recsys_core.rerank.data import CandidateSet, from_retrieved, training_examples
+from recsys_core.rerank.evaluate import evaluate_lists, list_order_result
+
+
+@pytest.fixture(scope="module")
+def seqs():
+    ds = preprocess(raw_dataset(random_log(60, 80, (5, 15), seed=41)), DataConfig(min_uc=5, min_sc=1))
+    return Sequences.from_dataset(ds), ds.n_items
+
+
+def test_training_examples_never_hold_validation_or_test_items(seqs):
+    s, n_items = seqs
+    ex = training_examples(s, n_items, 8, np.random.default_rng(0))
+    assert len(ex.users) == sum(len(t) - 1 for t in s.train[1:])
+    for user, hist, cands, idx in zip(ex.users, ex.histories, ex.candidates, ex.target_index, strict=True):
+        held_out = {s.val[user], s.test[user]}
+        assert not held_out & set(hist.tolist()) and not held_out & set(cands.tolist())
+        target = cands[idx]
+        train = s.train[user].tolist()
+        assert train[len(hist)] == target and train[: len(hist)] == hist.tolist()  # a prefix and its next item
+        assert len(set(cands.tolist())) == 8 and not (set(cands.tolist()) - {target}) & set(train)
+    positions = np.bincount(ex.target_index, minlength=8)
+    assert (positions > 0).all()  # shuffled: the target sits everywhere
+
+
+def test_max_per_user_keeps_the_latest_prefixes(seqs):
+    s, n_items = seqs
+    ex = training_examples(s, n_items, 4, np.random.default_rng(0), max_per_user=2)
+    user = int(ex.users[0])
+    lengths = [len(h) for u, h in zip(ex.users, ex.histories, strict=True) if u == user]
+    assert lengths == [len(s.train[user]) - 2, len(s.train[user]) - 1]
+
+
+def test_retrieved_lists_mark_missed_users(seqs):
+    s, _ = seqs
+    users = np.arange(1, len(s.train))
+    rows = []
+    for u in users:  # user 1's true test item is missing from its list; everyone else has it first
+        cands = [999, 998] if u == 1 else [s.test[u], 999]
+        rows.append(("test", u, s.test[u], 0, np.array(cands), np.array([2.0, 1.0])))
+    table = pd.DataFrame(rows, columns=["split", "user_id", "target", "target_rank", "candidates", "scores"])
+    cset = from_retrieved(table, s, "test", top_k=2)
+    assert cset.target_index[0] == -1 and (cset.target_index[1:] == 0).all()
+    base = list_order_result(cset, ks=(1,))
+    assert base.all_users["hit_at_1"] == pytest.approx((len(users) - 1) / len(users))  # the miss is counted
+    assert base.hit_users["hit_at_1"] == 1.0
+
+
+def test_reranking_metrics_average_over_all_users():
+    cset = CandidateSet(users=np.array([1, 2, 3]), histories=[np.array([5])] * 3,
+                        candidates=np.array([[1, 2, 0], [3, 4, 5], [6, 7, 8]]), targets=np.array([2, 3, 9]),
+                        target_index=np.array([1, 0, -1]))  # fmt: skip
+
+    def prefer_higher_ids(histories, candidates):
+        return torch.as_tensor(candidates, dtype=torch.float32)
+
+    result = evaluate_lists(prefer_higher_ids, cset, ks=(1, 3))
+    # user 1: item 2 beats 1 (slot 0 is empty) -> rank 0; user 2: 3 is last of 3..5 -> rank 2; user 3: missed.
+    assert result.ranks.tolist() == [0.0, 2.0, math.inf]
+    assert result.all_users["hit_at_1"] == pytest.approx(1 / 3) and result.all_users["hit_at_3"] == pytest.approx(2 / 3)
+    assert result.hit_users["hit_at_1"] == pytest.approx(1 / 2)
+    assert result.order[0].tolist() == [2, 1, 0]
