@@ -58,8 +58,9 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     retriever, ret_v = load_version(code, "retriever", args.retriever_version)
     reranker, rr_v = load_version(code, "reranker", args.reranker_version)
     device = resolve_device(cfg.training.device)
-    retriever.model.to(device), reranker.model.to(device)
-    retriever.device, reranker.device = device, device
+    for model in (retriever, reranker):
+        model.model.to(device)
+        model.device = device
     top_k, rerank_k = cfg.retrieval.retrieval_top_k, cfg.rerank.rerank_top_k
     pipeline = TwoStage(retriever, reranker, top_k, rerank_k)
     ks = cfg.training.metric_ks

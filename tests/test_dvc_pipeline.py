@@ -77,9 +77,14 @@ def test_dvc_repro_then_nothing_to_do(project):
         f"mlflow.set_tracking_uri('sqlite:///{project}/mlflow.db')\n"
         "m = mlflow.pyfunc.load_model('models:/custom-two-stage@champion')\n"
         "out = m.predict(pd.DataFrame({'history': [[1, 2, 3]], 'k': [5]}))\n"
-        "print(len(out['items'][0]), len(out['titles'][0]))\n"
+        "c = mlflow.MlflowClient()\n"
+        "stages = sorted(r.data.tags['stage'] for r in c.search_runs([c.get_experiment_by_name('custom').experiment_id]))\n"
+        "champions = [c.get_model_version_by_alias(f'custom-{k}', 'champion').version\n"
+        "             for k in ('retriever', 'reranker', 'two-stage')]\n"
+        "print(len(out['items'][0]), len(out['titles'][0]), stages, champions)\n"
     )
-    assert sh("/", sys.executable, "-c", script).strip().splitlines()[-1] == "5 5"
+    last = sh("/", sys.executable, "-c", script).strip().splitlines()[-1]
+    assert last == "5 5 ['pipeline', 'rerank', 'retrieval'] [1, 1, 1]", last
     snapshot = {name: (prep / name).read_bytes() for name in outputs} | {n: (exp / n).read_bytes() for n in trained}
 
     again = sh(project, sys.executable, "-m", "dvc", "repro")

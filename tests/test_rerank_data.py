@@ -13,7 +13,7 @@ from conftest import random_log, raw_dataset
 from recsys_core.config import DataConfig
 from recsys_core.data.preprocess import preprocess
 from recsys_core.data.store import Sequences
-from recsys_core.rerank.data import CandidateSet, from_retrieved, training_examples
+from recsys_core.rerank.data import CandidateSet, from_retrieved, retrieval_training_examples, training_examples
 from recsys_core.rerank.evaluate import evaluate_lists, list_order_result
 
 
@@ -75,3 +75,24 @@ def test_reranking_metrics_average_over_all_users():
     assert result.all_users["hit_at_1"] == pytest.approx(1 / 3) and result.all_users["hit_at_3"] == pytest.approx(2 / 3)
     assert result.hit_users["hit_at_1"] == pytest.approx(1 / 2)
     assert result.order[0].tolist() == [2, 1, 0]
+
+
+def test_retrieval_training_examples_mask_held_out_items(seqs):
+    s, n_items = seqs
+    users = range(1, len(s.train))
+    held_out = {u: {int(s.val[u]), int(s.test[u])} for u in users}
+    everyones = sorted(set().union(*held_out.values()))
+
+    def leaky_retriever(histories):
+        """Scores every validation and test item highest: the worst case for leakage."""
+        scores = torch.arange(n_items + 1, 0, -1, dtype=torch.float32).repeat(len(histories), 1) / n_items
+        scores[:, everyones] += 10.0
+        return scores
+
+    ex = retrieval_training_examples(s, leaky_retriever, 40, np.random.default_rng(0), max_per_user=3)
+    assert len(ex.users) > 0
+    for user, hist, cands, idx in zip(ex.users, ex.histories, ex.candidates, ex.target_index, strict=True):
+        assert not held_out[user] & set(cands.tolist()) and not set(hist.tolist()) & set(cands.tolist())
+        assert cands[idx] == s.train[user][len(hist)]  # kept only where the next item was retrieved
+    total = sum(min(3, len(s.train[u]) - 1) for u in users)
+    assert len(ex.users) < total  # prefixes whose next item was not in the top 40 were dropped

@@ -15,7 +15,7 @@ import pandas as pd
 
 from recsys_core.candidates import sample_negatives
 from recsys_core.data.store import Sequences
-from recsys_core.evaluation import split_inputs
+from recsys_core.evaluation import mask_history, split_inputs
 
 
 @dataclass
@@ -81,13 +81,8 @@ class TrainingExamples:
     target_index: np.ndarray  # (E,)
 
 
-def training_examples(
-    seqs: Sequences, n_items: int, n_candidates: int, rng: np.random.Generator, max_per_user: int | None = None
-) -> TrainingExamples:
-    """The true next item + (n_candidates - 1) negatives the user never interacted with in any split, shuffled.
-
-    ``max_per_user`` keeps each user's most recent prefixes (all of them when None).
-    """
+def _prefixes(seqs: Sequences, max_per_user: int | None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Every prefix train[:t] (t >= 1) with its next item; ``max_per_user`` keeps each user's most recent ones."""
     users, histories, targets = [], [], []
     for user in range(1, len(seqs.train)):
         train = seqs.train[user]
@@ -96,11 +91,54 @@ def training_examples(
             users.append(user)
             histories.append(train[:t])
             targets.append(train[t])
-    users_arr = np.asarray(users, dtype=np.int64)
+    return np.asarray(users, dtype=np.int64), histories, np.asarray(targets, dtype=np.int64)
+
+
+def training_examples(
+    seqs: Sequences, n_items: int, n_candidates: int, rng: np.random.Generator, max_per_user: int | None = None
+) -> TrainingExamples:
+    """ground_truth mode: the true next item + (n_candidates - 1) negatives the user never interacted with in any
+    split, shuffled."""
+    users_arr, histories, targets = _prefixes(seqs, max_per_user)
     seen = _all_seen(seqs, n_items)
     negatives = sample_negatives(users_arr, seen, n_items + 1, n_items, n_candidates - 1, rng, None)
-    lists = rng.permuted(np.column_stack([np.asarray(targets, dtype=np.int64), negatives]), axis=1)
-    return TrainingExamples(users_arr, histories, lists, _target_index(lists, np.asarray(targets, dtype=np.int64)))
+    lists = rng.permuted(np.column_stack([targets, negatives]), axis=1)
+    return TrainingExamples(users_arr, histories, lists, _target_index(lists, targets))
+
+
+def held_out_of(seqs: Sequences, users: np.ndarray) -> list[np.ndarray]:
+    return [np.array([seqs.val[u], seqs.test[u]]) for u in users]
+
+
+def retrieval_training_examples(
+    seqs: Sequences,
+    score,
+    n_candidates: int,
+    rng: np.random.Generator,
+    max_per_user: int | None = None,
+    batch_size: int = 256,
+) -> TrainingExamples:
+    """retrieval mode: each prefix's candidates are the retriever's top ``n_candidates`` (``score``: histories ->
+    (B, N+1) scores; the retriever was trained on the train split only). The prefix itself and the user's validation
+    and test items are masked out before taking the top, so held-out items never enter training; prefixes whose next
+    item was not retrieved are dropped (nothing to learn from them). Lists are shuffled."""
+    import torch
+
+    users, histories, targets = _prefixes(seqs, max_per_user)
+    kept, lists = [], []
+    for start in range(0, len(users), batch_size):
+        stop = start + batch_size
+        hist = histories[start:stop]
+        held_out = held_out_of(seqs, users[start:stop])
+        blocked = [np.concatenate([h, extra]) for h, extra in zip(hist, held_out, strict=True)]
+        scores = mask_history(score(hist).float(), blocked)
+        top = torch.topk(scores, min(n_candidates, scores.shape[1] - 1), dim=1).indices.cpu().numpy()
+        hit = (top == targets[start:stop, None]).any(axis=1)
+        kept.extend(np.flatnonzero(hit) + start)
+        lists.append(top[hit])
+    keep = np.asarray(kept, dtype=np.int64)
+    shuffled = rng.permuted(np.concatenate(lists) if lists else np.zeros((0, n_candidates), np.int64), axis=1)
+    return TrainingExamples(users[keep], [histories[i] for i in keep], shuffled, _target_index(shuffled, targets[keep]))
 
 
 def _all_seen(seqs: Sequences, n_items: int) -> np.ndarray:
