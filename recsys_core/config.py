@@ -110,6 +110,7 @@ class BERT4RecConfig(Section):
     bert_num_heads: int = Field(2, ge=1)
     bert_dropout: float = Field(0.2, ge=0, lt=1)
     bert_mask_prob: float = Field(0.2, gt=0, lt=1)
+    bert_last_item_prob: float = Field(0.1, ge=0, le=1, description="share of windows that mask only the last item")
     bert_max_len: int | None = Field(None, ge=2, description="input length incl. [MASK]; null = 200 MovieLens, 50")
     bert_weight_decay: float = Field(0.01, ge=0)
 
@@ -122,6 +123,9 @@ class RerankConfig(Section):
     rerank_batch_size: int = Field(16, ge=1)
     rerank_patience: int = Field(5, ge=1)
     rerank_top_k: int = Field(50, ge=1)
+    rerank_score_fusion: bool = Field(
+        True, description="retrieval mode: add the retriever's standardised score, weight tuned on validation"
+    )
 
 
 class LLMConfig(Section):

@@ -11,6 +11,7 @@ import torch
 from recsys_core.evaluation import mask_history
 from recsys_core.rerank.base import Reranker
 from recsys_core.rerank.data import CandidateSet
+from recsys_core.rerank.fusion import final_scores
 from recsys_core.retrieval.base import Retriever
 
 
@@ -21,19 +22,20 @@ class TwoStage:
     retrieval_top_k: int
     rerank_top_k: int
 
-    def candidates(self, histories: list[np.ndarray]) -> np.ndarray:
-        """(B, rerank_top_k) retrieved ids, best first; 0 where fewer unseen items exist."""
+    def candidates(self, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, rerank_top_k) retrieved ids, best first (0 where fewer unseen items exist), and their retrieval
+        scores (-inf in empty slots)."""
         scores = mask_history(self.retriever.score(histories).float(), histories)
         k = min(self.retrieval_top_k, scores.shape[1] - 1)
         values, items = torch.topk(scores, k, dim=1)
         items[torch.isinf(values)] = 0
-        return items[:, : self.rerank_top_k].cpu().numpy().astype(np.int64)
+        keep = slice(0, self.rerank_top_k)
+        return items[:, keep].cpu().numpy().astype(np.int64), values[:, keep].cpu().numpy().astype(np.float64)
 
     def recommend(self, histories: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(B, k) item ids and reranker scores, best first."""
-        cands = self.candidates(histories)
-        scores = self.reranker.score(histories, cands).float().cpu()
-        scores[torch.as_tensor(cands == 0)] = -torch.inf
+        """(B, k) item ids and their final scores, best first."""
+        cands, retrieval = self.candidates(histories)
+        scores = final_scores(self.reranker, histories, cands, retrieval)
         values, order = torch.sort(scores, dim=1, descending=True, stable=True)
         items = np.take_along_axis(cands, order.numpy(), axis=1)[:, :k]
         return items, values.numpy()[:, :k]
@@ -41,8 +43,9 @@ class TwoStage:
     def candidate_set(self, histories: list[np.ndarray], targets: np.ndarray, users: np.ndarray,
                       batch_size: int = 256) -> CandidateSet:  # fmt: skip
         """The retrieved lists of every user as a CandidateSet (for evaluation against the true items)."""
-        lists = [self.candidates(histories[i : i + batch_size]) for i in range(0, len(histories), batch_size)]
-        cands = np.concatenate(lists) if lists else np.zeros((0, self.rerank_top_k), dtype=np.int64)
+        parts = [self.candidates(histories[i : i + batch_size]) for i in range(0, len(histories), batch_size)]
+        cands = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, self.rerank_top_k), np.int64)
+        values = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, self.rerank_top_k))
         match = cands == targets[:, None]
         index = np.where(match.any(axis=1), match.argmax(axis=1), -1)
-        return CandidateSet(users, histories, cands, targets, index)
+        return CandidateSet(users, histories, cands, targets, index, values)

@@ -37,6 +37,12 @@ def _histories(frame: pd.DataFrame, n_items: int) -> list[np.ndarray]:
     return out
 
 
+def _requested_k(frame: pd.DataFrame, default: int = 10) -> list[int]:
+    if "k" not in frame:
+        return [default] * len(frame)
+    return [default if pd.isna(k) else int(k) for k in frame["k"]]
+
+
 def top_k(scores, histories: list[np.ndarray], ks: list[int]) -> pd.DataFrame:
     """Top-k unseen items per row (history and padding masked)."""
     import torch
@@ -68,9 +74,7 @@ class RetrieverModel:
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         histories = _histories(model_input, self.retriever.n_items)
-        ks = [10] * len(histories)
-        if "k" in model_input:
-            ks = [10 if pd.isna(k) else int(k) for k in model_input["k"]]
+        ks = _requested_k(model_input)
         return top_k(self.retriever.score(histories), histories, ks)
 
 
@@ -200,9 +204,7 @@ class TwoStageModel:
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         histories = _histories(model_input, self.pipeline.retriever.n_items)
-        ks = [10] * len(histories)
-        if "k" in model_input:
-            ks = [10 if pd.isna(k) else int(k) for k in model_input["k"]]
+        ks = _requested_k(model_input)
         top = max(1, min(max(ks), self.pipeline.rerank_top_k))
         items, scores = self.pipeline.recommend(histories, top)
         rows = {"items": [], "scores": [], "titles": []}

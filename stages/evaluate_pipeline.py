@@ -68,7 +68,8 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     results, baselines = {}, {}
     for split in ("val", "test"):
         cset = pipeline.candidate_set(*split_inputs(seqs, split), batch_size=cfg.training.eval_batch_size)
-        results[split] = evaluate_lists(reranker.score, cset, ks, cfg.training.eval_batch_size, desc=split)
+        results[split] = evaluate_lists(reranker.score, cset, ks, cfg.training.eval_batch_size, desc=split,
+                                        fusion_weight=reranker.hparams.get("fusion_weight"))  # fmt: skip
         baselines[split] = list_order_result(cset, ks)
     metrics = {**prefixed(results["val"].all_users, "val"), **prefixed(results["test"].all_users, "test"),
                **prefixed(baselines["val"].all_users, "val_retrieval_only"),
@@ -76,7 +77,8 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                "test_candidate_recall": results["test"].n_hit / results["test"].n_users}  # fmt: skip
     versions = {"retriever.version": str(ret_v.version), "retriever.method": ret_v.tags.get("method", ""),
                 "retriever.run_id": ret_v.run_id, "reranker.version": str(rr_v.version),
-                "reranker.method": rr_v.tags.get("method", ""), "reranker.run_id": rr_v.run_id}  # fmt: skip
+                "reranker.method": rr_v.tags.get("method", ""), "reranker.run_id": rr_v.run_id,
+                "reranker.fusion_weight": str(reranker.hparams.get("fusion_weight"))}  # fmt: skip
     data_tags = tracking.data_hash_tags({"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS})
     tags = {"dataset": code, "stage": "pipeline", "method": f"{versions['retriever.method']}+{versions['reranker.method']}",
             "seed": str(seed), "git_commit": tracking.git_commit(root), **versions, **data_tags}  # fmt: skip
@@ -118,7 +120,8 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
 def results_table(result, baseline, ks, summary) -> str:
     head = (f"Two-stage on {summary['users']} test users: retriever v{summary['retriever.version']} "
             f"({summary['retriever.method']}, top {summary['retrieval_top_k']}) -> reranker v{summary['reranker.version']} "
-            f"({summary['reranker.method']}, reranks the top {summary['rerank_top_k']}); the true item was retrieved "
+            f"({summary['reranker.method']}, reranks the top {summary['rerank_top_k']}, retrieval-score fusion weight "
+            f"{summary['reranker.fusion_weight']}); the true item was retrieved "
             f"for {summary['users_with_true_item_retrieved']} users, the others count as misses.")  # fmt: skip
     return head + "\n" + format_table({"retrieval": baseline.all_users, "two-stage": result.all_users}, ks)
 

@@ -25,9 +25,19 @@ from recsys_core.metrics import format_table, prefixed
 from recsys_core.rerank import get_reranker_class
 from recsys_core.rerank.data import CandidateSet, from_ground_truth, from_retrieved
 from recsys_core.rerank.evaluate import RerankResult, evaluate_lists, list_order_result
+from recsys_core.rerank.fusion import tune_weight
 from recsys_core.training import resolve_device, seed_everything
 from stages.common import paths, run_stage
-from stages.training_common import fingerprint, loop_settings, pinned_requirements, run_params, run_tags, write_curves
+from stages.training_common import (
+    add_parent_run,
+    fingerprint,
+    loop_settings,
+    pinned_requirements,
+    register_model,
+    run_params,
+    run_tags,
+    write_curves,
+)
 
 log = logging.getLogger("recsys.train_rerank")
 
@@ -63,10 +73,12 @@ def candidate_sets(cfg: Config, seqs: Sequences, prepared: Path) -> tuple[Candid
     return from_retrieved(table, seqs, "val", k), from_retrieved(table, seqs, "test", k), tags
 
 
-def summary_rows(result: RerankResult, baseline: RerankResult | None) -> dict[str, dict[str, float]]:
+def summary_rows(result: RerankResult, baseline: RerankResult | None, alone: RerankResult | None = None) -> dict:
     rows = {"reranked": result.all_users}
     if baseline is not None:
         rows = {"retrieval": baseline.all_users, "two-stage": result.all_users}
+        if alone is not None:
+            rows["reranker alone"] = alone.all_users
         if result.hit_users is not None:
             rows["retrieval|hit"] = baseline.hit_users
             rows["two-stage|hit"] = result.hit_users
@@ -104,10 +116,20 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     name = tracking.run_name(method, code, seed)
     with tracking.training_run(root, code, name, run_params(cfg, hparams), tags, args.parent_run_id) as run:
         history = reranker.fit(seqs, val_set, settings, callbacks=[tracking.epoch_logger()], ks=ks)
-        val = evaluate_lists(reranker.score, val_set, ks, cfg.training.eval_batch_size, desc="val")
-        test = evaluate_lists(reranker.score, test_set, ks, cfg.training.eval_batch_size, desc="test")
+        batch = cfg.training.eval_batch_size
+        fusion_metrics, alone = {}, None
+        if mode == "retrieval" and rr.rerank_score_fusion:
+            weight, curve = tune_weight(reranker, val_set, cfg.training.monitor, ks, batch)
+            reranker.hparams["fusion_weight"] = weight
+            mlflow.log_param("fusion_weight", weight)
+            fusion_metrics = {f"fusion_val/{cfg.training.monitor}_w{w:g}": v for w, v in curve.items()}
+            alone = evaluate_lists(reranker.score, test_set, ks, batch, desc="test, reranker alone")
+            fusion_metrics |= prefixed(alone.all_users, "test_reranker_only")
+        weight = reranker.hparams.get("fusion_weight")
+        val = evaluate_lists(reranker.score, val_set, ks, batch, desc="val", fusion_weight=weight)
+        test = evaluate_lists(reranker.score, test_set, ks, batch, desc="test", fusion_weight=weight)
         baseline = list_order_result(test_set, ks) if mode == "retrieval" else None
-        metrics = {**prefixed(val.all_users, "val"), **prefixed(test.all_users, "test")}
+        metrics = {**prefixed(val.all_users, "val"), **prefixed(test.all_users, "test"), **fusion_metrics}
         if baseline is not None:
             metrics |= prefixed(baseline.all_users, "test_retrieval_only")
             if test.hit_users is not None:
@@ -115,7 +137,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 metrics |= prefixed(baseline.hit_users, "test_retrieval_only_hit_users")
             metrics["test_candidate_recall"] = test.n_hit / test.n_users
         mlflow.log_metrics({**metrics, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
-        summary = {**metrics, "mode": mode, "users": test.n_users, "users_with_true_item_in_list": test.n_hit,
+        summary = {**metrics, "mode": mode, "fusion_weight": weight, "users": test.n_users, "users_with_true_item_in_list": test.n_hit,
                    "candidates_per_user": int(test_set.candidates.shape[1]), "best_epoch": history.best_epoch,
                    "epochs_run": len(history.epochs), **source_tags}  # fmt: skip
 
@@ -131,25 +153,21 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 scratch / "reranked.csv", index=False)  # fmt: skip
             for artifact in ("metrics.json", "history.tsv", "reranked.csv"):
                 mlflow.log_artifact(str(scratch / artifact))
-            version = registry.register(info.model_uri, registry.model_name(code, "reranker"),
-                                        {**tags, "run_id": run.info.run_id}, metrics)  # fmt: skip
-            registered = {"name": registry.model_name(code, "reranker"), "version": version,
-                          "run_id": run.info.run_id, "model_uri": info.model_uri}  # fmt: skip
-            (scratch / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
+            registered = register_model(scratch, info.model_uri, code, "reranker", tags, run.info.run_id, metrics)
 
-    log.info("outputs in %s; registered %s version %d (alias candidate)", out, registered["name"], version)
+    log.info(
+        "outputs in %s; registered %s version %d (alias candidate)", out, registered["name"], registered["version"]
+    )
     where = "ground-truth lists" if mode == "ground_truth" else f"top {test_set.candidates.shape[1]} retrieved"
+    if weight is not None:
+        where += f", fused with the retrieval score (weight {weight:g}, tuned on validation)"
     print(f"\n{method} reranking {where} on {code} (best epoch {history.best_epoch} of {len(history.epochs)}), "
           f"test, all {test.n_users} users ({test.n_hit} with the true item in the list):")  # fmt: skip
-    print(format_table(summary_rows(test, baseline), ks))
-
-
-def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parent_run_id", default=None, help="nest the MLflow run under this run (pipelines)")
+    print(format_table(summary_rows(test, baseline, alone), ks))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("recsys train-rerank", __doc__, body, argv, add_args)
+    return run_stage("recsys train-rerank", __doc__, body, argv, add_parent_run)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 
-from recsys_core import registry, serving, tracking
+from recsys_core import serving, tracking
 from recsys_core.candidates import retrieved_table
 from recsys_core.config import Config
 from recsys_core.data.store import INTERACTIONS, ITEMS, Sequences, load_prepared
@@ -19,7 +19,16 @@ from recsys_core.metrics import format_table, prefixed
 from recsys_core.retrieval import get_retriever_class
 from recsys_core.training import resolve_device, seed_everything
 from stages.common import paths, run_stage
-from stages.training_common import fingerprint, loop_settings, pinned_requirements, run_params, run_tags, write_curves
+from stages.training_common import (
+    add_parent_run,
+    fingerprint,
+    loop_settings,
+    pinned_requirements,
+    register_model,
+    run_params,
+    run_tags,
+    write_curves,
+)
 
 log = logging.getLogger("recsys.train_retrieval")
 
@@ -74,24 +83,18 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
             write_curves(history, scratch / "history.tsv")
             for name in ("history.tsv", "retrieved_metrics.json", "retrieved.csv"):  # rerankers read retrieved.csv
                 mlflow.log_artifact(str(scratch / name))
-            version = registry.register(info.model_uri, registry.model_name(code, "retriever"),
-                                        {**tags, "run_id": run.info.run_id}, metrics)  # fmt: skip
-            registered = {"name": registry.model_name(code, "retriever"), "version": version,
-                          "run_id": run.info.run_id, "model_uri": info.model_uri}  # fmt: skip
-            (scratch / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
+            registered = register_model(scratch, info.model_uri, code, "retriever", tags, run.info.run_id, metrics)
 
-    log.info("outputs in %s; registered %s version %d (alias candidate)", out, registered["name"], version)
+    log.info(
+        "outputs in %s; registered %s version %d (alias candidate)", out, registered["name"], registered["version"]
+    )
     print(f"\n{method} on {code} (best epoch {history.best_epoch} of {len(history.epochs)}), all "
           f"{len(results['test'].users)} users, full ranking over {dataset.n_items} items:")  # fmt: skip
     print(format_table({"validation": results["val"].metrics, "test": results["test"].metrics}, ks))
 
 
-def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parent_run_id", default=None, help="nest the MLflow run under this run (pipelines)")
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("recsys train-retrieval", __doc__, body, argv, add_args)
+    return run_stage("recsys train-retrieval", __doc__, body, argv, add_parent_run)
 
 
 if __name__ == "__main__":

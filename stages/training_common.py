@@ -3,6 +3,7 @@ tags, the per-epoch curves file, and the pins a served model needs."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 import recsys_core
-from recsys_core import tracking
+from recsys_core import registry, tracking
 from recsys_core.config import Config
 from recsys_core.training import History, LoopSettings
 
@@ -66,3 +67,17 @@ def write_curves(history: History, path: Path) -> None:
     same inputs give the same file."""
     curves = pd.DataFrame(history.epochs).drop(columns=["epoch_seconds", "eval_seconds"], errors="ignore")
     curves.astype({"epoch": int}).to_csv(path, sep="\t", index=False)
+
+
+def add_parent_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parent_run_id", default=None, help="nest the MLflow run under this run (pipelines)")
+
+
+def register_model(folder: Path, model_uri: str, dataset: str, kind: str, tags: dict[str, str], run_id: str,
+                   metrics: dict[str, float]) -> dict:  # fmt: skip
+    """A new registry version (alias `candidate`), recorded in ``folder/registered.json`` for the promote stage."""
+    name = registry.model_name(dataset, kind)
+    version = registry.register(model_uri, name, {**tags, "run_id": run_id}, metrics)
+    registered = {"name": name, "version": version, "run_id": run_id, "model_uri": model_uri}
+    (folder / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
+    return registered

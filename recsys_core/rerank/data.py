@@ -25,6 +25,7 @@ class CandidateSet:
     candidates: np.ndarray  # (U, K) item ids, 0 = no candidate in that slot
     targets: np.ndarray  # (U,)
     target_index: np.ndarray  # (U,) position of the target in its list, -1 if absent
+    retrieval_scores: np.ndarray | None = None  # (U, K) the retriever's scores (retrieval mode), -inf in empty slots
 
     def __len__(self) -> int:
         return len(self.users)
@@ -68,7 +69,11 @@ def from_retrieved(table: pd.DataFrame, seqs: Sequences, split: str, top_k: int)
         missing = users[rows["target"].isna().to_numpy()][:5].tolist()
         raise ValueError(f"retrieved candidates lack {split} users {missing}; retrain the retriever on this dataset")
     candidates = _pack(list(rows["candidates"]), top_k)
-    return CandidateSet(users, histories, candidates, targets, _target_index(candidates, targets))
+    scores = np.full(candidates.shape, -np.inf)
+    for row, values in enumerate(rows["scores"]):
+        values = np.asarray(values[:top_k], dtype=np.float64)
+        scores[row, : len(values)] = values
+    return CandidateSet(users, histories, candidates, targets, _target_index(candidates, targets), scores)
 
 
 @dataclass

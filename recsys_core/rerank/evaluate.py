@@ -41,22 +41,34 @@ def _summarise(ranks: np.ndarray, ks: Sequence[int], hit: np.ndarray) -> tuple[d
     return acc.result(), sub
 
 
-def evaluate_lists(score: ListScoreFn, cset: CandidateSet, ks: Sequence[int] = DEFAULT_KS, batch_size: int = 256,
-                   desc: str = "rerank") -> RerankResult:  # fmt: skip
-    ranks, orders, values = [], [], []
+def score_lists(score: ListScoreFn, cset: CandidateSet, batch_size: int = 256, desc: str = "rerank") -> torch.Tensor:
+    """(U, K) scores of every list, empty slots at -inf."""
+    parts = []
     for start in tqdm(range(0, len(cset), batch_size), desc=desc, leave=False, unit="batch"):
         stop = start + batch_size
-        cands = cset.candidates[start:stop]
-        scores = score(cset.histories[start:stop], cands).float().cpu()
-        scores[torch.as_tensor(cands == 0)] = -torch.inf
-        ranks.append(target_ranks(scores, torch.as_tensor(cset.target_index[start:stop])).numpy())
-        vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
-        orders.append(np.take_along_axis(cands, idx.numpy(), axis=1))
-        values.append(vals.numpy())
-    rank_arr = np.concatenate(ranks)
-    all_users, hit_users = _summarise(rank_arr, ks, cset.hit_mask)
-    return RerankResult(all_users, hit_users, rank_arr, np.concatenate(orders), np.concatenate(values), len(cset),
-                        int(cset.hit_mask.sum()))  # fmt: skip
+        parts.append(score(cset.histories[start:stop], cset.candidates[start:stop]).float().cpu())
+    scores = torch.cat(parts) if parts else torch.zeros(cset.candidates.shape)
+    scores[torch.as_tensor(cset.candidates == 0)] = -torch.inf
+    return scores
+
+
+def result_from_scores(scores: torch.Tensor, cset: CandidateSet, ks: Sequence[int] = DEFAULT_KS) -> RerankResult:
+    ranks = target_ranks(scores, torch.as_tensor(cset.target_index)).numpy()
+    values, idx = torch.sort(scores, dim=1, descending=True, stable=True)
+    order = np.take_along_axis(cset.candidates, idx.numpy(), axis=1)
+    all_users, hit_users = _summarise(ranks, ks, cset.hit_mask)
+    return RerankResult(all_users, hit_users, ranks, order, values.numpy(), len(cset), int(cset.hit_mask.sum()))
+
+
+def evaluate_lists(score: ListScoreFn, cset: CandidateSet, ks: Sequence[int] = DEFAULT_KS, batch_size: int = 256,
+                   desc: str = "rerank", fusion_weight: float | None = None) -> RerankResult:  # fmt: skip
+    """Rank every list by ``score`` (fused with the retriever's scores when ``fusion_weight`` is given)."""
+    scores = score_lists(score, cset, batch_size, desc)
+    if fusion_weight is not None and cset.retrieval_scores is not None:
+        from recsys_core.rerank.fusion import fuse
+
+        scores = fuse(scores, cset.retrieval_scores, cset.candidates, fusion_weight)
+    return result_from_scores(scores, cset, ks)
 
 
 def list_order_result(cset: CandidateSet, ks: Sequence[int] = DEFAULT_KS) -> RerankResult:
