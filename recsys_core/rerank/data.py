@@ -15,6 +15,7 @@ import pandas as pd
 
 from recsys_core.candidates import sample_negatives
 from recsys_core.data.store import Sequences
+from recsys_core.errors import MissingArtifactError
 from recsys_core.evaluation import mask_history, split_inputs
 
 
@@ -54,9 +55,13 @@ def from_ground_truth(table: pd.DataFrame, seqs: Sequences, split: str) -> Candi
     rows = table[table["split"] == split].set_index("user_id").reindex(users)
     if rows["target"].isna().any():
         missing = users[rows["target"].isna().to_numpy()][:5].tolist()
-        raise ValueError(f"gt_candidates has no {split} list for users {missing}; run the gt_candidates stage again")
+        raise MissingArtifactError(
+            f"gt_candidates has no {split} list for users {missing}; run the gt_candidates stage again"
+        )
     if not np.array_equal(rows["target"].to_numpy(np.int64), targets):
-        raise ValueError("gt_candidates targets differ from the prepared split; run the gt_candidates stage again")
+        raise MissingArtifactError(
+            "gt_candidates targets differ from the prepared split; run the gt_candidates stage again"
+        )
     candidates = np.stack([np.asarray(c, dtype=np.int64) for c in rows["candidates"]])
     return CandidateSet(users, histories, candidates, targets, _target_index(candidates, targets))
 
@@ -67,7 +72,9 @@ def from_retrieved(table: pd.DataFrame, seqs: Sequences, split: str, top_k: int)
     rows = table[table["split"] == split].set_index("user_id").reindex(users)
     if rows["target"].isna().any():
         missing = users[rows["target"].isna().to_numpy()][:5].tolist()
-        raise ValueError(f"retrieved candidates lack {split} users {missing}; retrain the retriever on this dataset")
+        raise MissingArtifactError(
+            f"retrieved candidates lack {split} users {missing}; retrain the retriever on this dataset"
+        )
     candidates = _pack(list(rows["candidates"]), top_k)
     scores = np.full(candidates.shape, -np.inf)
     for row, values in enumerate(rows["scores"]):
