@@ -105,14 +105,20 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         two_stage = registry.model_name(code, "two-stage")
         version = registry.register(info.model_uri, two_stage, {**tags, "run_id": run.info.run_id}, metrics)
         decision = registry.promote(two_stage, version, "val/ndcg_at_10")
+        # metrics.json (git, a DVC metric) holds what the inputs determine; registry state goes to registered.json.
         summary = {**metrics, "users": results["test"].n_users, "users_with_true_item_retrieved": results["test"].n_hit,
-                   "retrieval_top_k": top_k, "rerank_top_k": rerank_k, **versions,
-                   "two_stage_version": version, "two_stage_promoted": decision.promoted}  # fmt: skip
+                   "retrieval_top_k": top_k, "rerank_top_k": rerank_k,
+                   "retriever_method": versions["retriever.method"], "reranker_method": versions["reranker.method"],
+                   "fusion_weight": reranker.hparams.get("fusion_weight")}  # fmt: skip
+        registered = {**versions, "two_stage_name": two_stage, "two_stage_version": version,
+                      "two_stage_promoted": decision.promoted, "run_id": run.info.run_id}  # fmt: skip
         with staged_directory(out) as scratch:
             (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-            (scratch / "results.txt").write_text(results_table(results["test"], baselines["test"], ks, summary) + "\n")
+            (scratch / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
+            table = results_table(results["test"], baselines["test"], ks, {**summary, **registered})
+            (scratch / "results.txt").write_text(table + "\n")
             mlflow.log_artifact(str(scratch / "results.txt"))
-    print(results_table(results["test"], baselines["test"], ks, summary))
+    print(table)
     print(f"\nregistered {two_stage} version {version}: {'champion' if decision.promoted else 'not promoted'} "
           f"({decision.reason}); serve it with `make serve`")  # fmt: skip
 

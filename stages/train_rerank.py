@@ -139,7 +139,8 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         mlflow.log_metrics({**metrics, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
         summary = {**metrics, "mode": mode, "fusion_weight": weight, "users": test.n_users, "users_with_true_item_in_list": test.n_hit,
                    "candidates_per_user": int(test_set.candidates.shape[1]), "best_epoch": history.best_epoch,
-                   "epochs_run": len(history.epochs), **source_tags}  # fmt: skip
+                   "epochs_run": len(history.epochs),
+                   "retriever_method": source_tags.get("retriever.method", "")}  # fmt: skip
 
         with staged_directory(out) as scratch:
             reranker.save(scratch)

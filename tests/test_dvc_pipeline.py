@@ -70,7 +70,9 @@ def test_dvc_repro_then_nothing_to_do(project):
     rerank = project / "experiments/rerank/bert4rec/custom/seed42"
     assert all((rerank / n).exists() for n in ("model.safetensors", "metrics.json", "history.tsv", "promotion.json"))
     pipeline = json.loads((project / "experiments/pipeline/custom/seed42/metrics.json").read_text())
-    assert {"test/ndcg_at_10", "test_retrieval_only/ndcg_at_10"} <= set(pipeline) and pipeline["two_stage_promoted"]
+    assert {"test/ndcg_at_10", "test_retrieval_only/ndcg_at_10"} <= set(pipeline)
+    registered = json.loads((project / "experiments/pipeline/custom/seed42/registered.json").read_text())
+    assert registered["two_stage_promoted"] and registered["retriever.version"] == "1"
     # The registered two-stage model answers from a fresh process.
     script = (
         "import mlflow, pandas as pd\n"
