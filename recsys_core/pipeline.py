@@ -10,7 +10,7 @@ import torch
 
 from recsys_core.evaluation import mask_history
 from recsys_core.rerank.base import Reranker
-from recsys_core.rerank.data import CandidateSet
+from recsys_core.rerank.data import CandidateSet, target_index_of
 from recsys_core.rerank.fusion import final_scores
 from recsys_core.retrieval.base import Retriever
 
@@ -46,6 +46,4 @@ class TwoStage:
         parts = [self.candidates(histories[i : i + batch_size]) for i in range(0, len(histories), batch_size)]
         cands = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, self.rerank_top_k), np.int64)
         values = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, self.rerank_top_k))
-        match = cands == targets[:, None]
-        index = np.where(match.any(axis=1), match.argmax(axis=1), -1)
-        return CandidateSet(users, histories, cands, targets, index, values)
+        return CandidateSet(users, histories, cands, targets, target_index_of(cands, targets), values)

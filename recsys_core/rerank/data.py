@@ -44,7 +44,7 @@ def _pack(lists: list[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
-def _target_index(candidates: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def target_index_of(candidates: np.ndarray, targets: np.ndarray) -> np.ndarray:
     match = candidates == targets[:, None]
     return np.where(match.any(axis=1), match.argmax(axis=1), -1)
 
@@ -63,7 +63,7 @@ def from_ground_truth(table: pd.DataFrame, seqs: Sequences, split: str) -> Candi
             "gt_candidates targets differ from the prepared split; run the gt_candidates stage again"
         )
     candidates = np.stack([np.asarray(c, dtype=np.int64) for c in rows["candidates"]])
-    return CandidateSet(users, histories, candidates, targets, _target_index(candidates, targets))
+    return CandidateSet(users, histories, candidates, targets, target_index_of(candidates, targets))
 
 
 def from_retrieved(table: pd.DataFrame, seqs: Sequences, split: str, top_k: int) -> CandidateSet:
@@ -80,7 +80,7 @@ def from_retrieved(table: pd.DataFrame, seqs: Sequences, split: str, top_k: int)
     for row, values in enumerate(rows["scores"]):
         values = np.asarray(values[:top_k], dtype=np.float64)
         scores[row, : len(values)] = values
-    return CandidateSet(users, histories, candidates, targets, _target_index(candidates, targets), scores)
+    return CandidateSet(users, histories, candidates, targets, target_index_of(candidates, targets), scores)
 
 
 @dataclass
@@ -115,7 +115,7 @@ def training_examples(
     seen = _all_seen(seqs, n_items)
     negatives = sample_negatives(users_arr, seen, n_items + 1, n_items, n_candidates - 1, rng, None)
     lists = rng.permuted(np.column_stack([targets, negatives]), axis=1)
-    return TrainingExamples(users_arr, histories, lists, _target_index(lists, targets))
+    return TrainingExamples(users_arr, histories, lists, target_index_of(lists, targets))
 
 
 def held_out_of(seqs: Sequences, users: np.ndarray) -> list[np.ndarray]:
@@ -150,7 +150,9 @@ def retrieval_training_examples(
         lists.append(top[hit])
     keep = np.asarray(kept, dtype=np.int64)
     shuffled = rng.permuted(np.concatenate(lists) if lists else np.zeros((0, n_candidates), np.int64), axis=1)
-    return TrainingExamples(users[keep], [histories[i] for i in keep], shuffled, _target_index(shuffled, targets[keep]))
+    return TrainingExamples(
+        users[keep], [histories[i] for i in keep], shuffled, target_index_of(shuffled, targets[keep])
+    )
 
 
 def _all_seen(seqs: Sequences, n_items: int) -> np.ndarray:
