@@ -25,16 +25,22 @@ def retriever_input_example(history: list[int], k: int = 10) -> pd.DataFrame:
     return pd.DataFrame({"history": [list(map(int, history))], "k": [k]})
 
 
-def _histories(frame: pd.DataFrame, n_items: int) -> list[np.ndarray]:
-    if "history" not in frame:
-        raise ValueError(f"input needs a 'history' column of item-id lists; got columns {list(frame.columns)}")
+def _id_lists(frame: pd.DataFrame, column: str, n_items: int, allow_empty: bool) -> list[np.ndarray]:
+    """A column of item-id lists from a request, checked: ids in 1..n_items, and non-empty unless allowed."""
+    if column not in frame:
+        raise ValueError(f"input needs a {column!r} column of item-id lists; got columns {list(frame.columns)}")
     out = []
-    for row, value in enumerate(frame["history"]):
+    for row, value in enumerate(frame[column]):
         items = np.asarray([] if value is None else list(value), dtype=np.int64)
-        if items.size and (items.min() < 1 or items.max() > n_items):
-            raise ValueError(f"row {row}: item ids must lie in 1..{n_items}; got {items.min()}..{items.max()}")
+        if (items.size == 0 and not allow_empty) or (items.size and (items.min() < 1 or items.max() > n_items)):
+            need = "a list of item ids" if allow_empty else "a non-empty list of item ids"
+            raise ValueError(f"row {row}: {column!r} must be {need} in 1..{n_items}; got {items.tolist()[:10]}")
         out.append(items)
     return out
+
+
+def _histories(frame: pd.DataFrame, n_items: int) -> list[np.ndarray]:
+    return _id_lists(frame, "history", n_items, allow_empty=True)
 
 
 def _requested_k(frame: pd.DataFrame, default: int = 10) -> list[int]:
@@ -113,18 +119,6 @@ def reranker_signature():
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def _candidate_lists(frame: pd.DataFrame, n_items: int) -> list[np.ndarray]:
-    if "candidates" not in frame:
-        raise ValueError(f"input needs a 'candidates' column of item-id lists; got columns {list(frame.columns)}")
-    out = []
-    for row, value in enumerate(frame["candidates"]):
-        items = np.asarray(list(value), dtype=np.int64)
-        if items.size == 0 or items.min() < 1 or items.max() > n_items:
-            raise ValueError(f"row {row}: candidates must be a non-empty list of item ids in 1..{n_items}")
-        out.append(items)
-    return out
-
-
 def rerank_lists(reranker, histories: list[np.ndarray], lists: list[np.ndarray]) -> pd.DataFrame:
     """Each candidate list reordered by the reranker's scores (highest first)."""
     width = max(len(c) for c in lists)
@@ -155,7 +149,9 @@ class RerankerModel:
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         histories = _histories(model_input, self.reranker.n_items)
-        return rerank_lists(self.reranker, histories, _candidate_lists(model_input, self.reranker.n_items))
+        return rerank_lists(
+            self.reranker, histories, _id_lists(model_input, "candidates", self.reranker.n_items, allow_empty=False)
+        )
 
 
 def log_reranker(folder: Path, example_history: list[int], example_candidates: list[int], reqs: list[str]):

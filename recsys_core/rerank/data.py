@@ -49,15 +49,19 @@ def target_index_of(candidates: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(match.any(axis=1), match.argmax(axis=1), -1)
 
 
-def from_ground_truth(table: pd.DataFrame, seqs: Sequences, split: str) -> CandidateSet:
-    """Rows of gt_candidates.parquet for ``split``, with the matching input histories."""
-    histories, targets, users = split_inputs(seqs, split)
+def _rows_for_users(table: pd.DataFrame, users: np.ndarray, split: str, fix: str) -> pd.DataFrame:
+    """The ``split`` rows of a candidate table in user order; every user must have one."""
     rows = table[table["split"] == split].set_index("user_id").reindex(users)
     if rows["target"].isna().any():
         missing = users[rows["target"].isna().to_numpy()][:5].tolist()
-        raise MissingArtifactError(
-            f"gt_candidates has no {split} list for users {missing}; run the gt_candidates stage again"
-        )
+        raise MissingArtifactError(f"the candidate lists lack {split} users {missing}; {fix}")
+    return rows
+
+
+def from_ground_truth(table: pd.DataFrame, seqs: Sequences, split: str) -> CandidateSet:
+    """Rows of gt_candidates.parquet for ``split``, with the matching input histories."""
+    histories, targets, users = split_inputs(seqs, split)
+    rows = _rows_for_users(table, users, split, "run the gt_candidates stage again")
     if not np.array_equal(rows["target"].to_numpy(np.int64), targets):
         raise MissingArtifactError(
             "gt_candidates targets differ from the prepared split; run the gt_candidates stage again"
@@ -69,12 +73,7 @@ def from_ground_truth(table: pd.DataFrame, seqs: Sequences, split: str) -> Candi
 def from_retrieved(table: pd.DataFrame, seqs: Sequences, split: str, top_k: int) -> CandidateSet:
     """The retriever's top ``top_k`` for ``split`` (retrieved.csv rows), in the retriever's order."""
     histories, targets, users = split_inputs(seqs, split)
-    rows = table[table["split"] == split].set_index("user_id").reindex(users)
-    if rows["target"].isna().any():
-        missing = users[rows["target"].isna().to_numpy()][:5].tolist()
-        raise MissingArtifactError(
-            f"retrieved candidates lack {split} users {missing}; retrain the retriever on this dataset"
-        )
+    rows = _rows_for_users(table, users, split, "retrain the retriever on this dataset")
     candidates = _pack(list(rows["candidates"]), top_k)
     scores = np.full(candidates.shape, -np.inf)
     for row, values in enumerate(rows["scores"]):
