@@ -57,6 +57,19 @@ class CandidatesConfig(Section):
 
 
 class FeaturesConfig(Section):
+    """Item images (download + resize) and their embeddings."""
+
+    image_size: int = Field(224, ge=16, description="images are resized to fit image_size x image_size (aspect kept)")
+    image_workers: int = Field(8, ge=1, le=64, description="concurrent image downloads")
+    image_timeout: float = Field(10.0, gt=0, description="seconds per image request (connect and read)")
+    image_retries: int = Field(2, ge=0, description="retries after a timeout, a connection error, 429 or 5xx")
+    image_max_mb: float = Field(20.0, gt=0, description="larger downloads are refused (status too_large)")
+    clip_model: str = Field("ViT-B-32", description="open_clip architecture for image (and clip text) embeddings")
+    clip_pretrained: str = Field("openai", description="open_clip pretrained tag, or a local checkpoint file")
+    text_encoder: Literal["all-MiniLM-L6-v2", "clip"] = Field(
+        "all-MiniLM-L6-v2", description="item text embeddings: sentence MiniLM (384-d, offline) or CLIP text"
+    )
+    embedding_batch_size: int = Field(64, ge=1)
     semantic_summary_batch_size: int = Field(4, ge=1)
 
 
@@ -67,6 +80,37 @@ class RetrievalConfig(Section):
     batch_size_retrieval: int = Field(512, ge=1)
     retrieval_patience: int = Field(10, ge=1)
     retrieval_top_k: int = Field(200, ge=1)
+
+
+class VBPRConfig(Section):
+    """VBPR (He & McAuley, AAAI 2016): β_i + γ_u·γ_i + θ_u·(E f_i) + β'·f_i, BPR loss, L2 regularisation."""
+
+    vbpr_latent_dim: int = Field(32, ge=1, description="size of γ_u, γ_i")
+    vbpr_visual_dim: int = Field(32, ge=1, description="size of θ_u and of the projection E f_i")
+    vbpr_reg: float = Field(1e-4, ge=0, description="L2 weight on the batch's γ, θ, β_i")
+    vbpr_feature: Literal["auto", "image", "text"] = Field(
+        "auto", description="the content feature f_i: image (the paper), text, or auto = image when present, else text"
+    )
+
+
+class MMGCNConfig(Section):
+    """MMGCN (Wei et al., MM 2019): a GCN per modality with user preferences, id embeddings, BPR loss."""
+
+    mmgcn_dim: int = Field(64, ge=1, description="size of the id embeddings and the modality latents")
+    mmgcn_layers: int = Field(2, ge=1, le=3, description="graph layers per modality (the authors' code has 1-3)")
+    mmgcn_aggr: Literal["mean", "add"] = "mean"
+    mmgcn_concat: bool = Field(False, description="combination layer on [h, x_hat] (concat) or h + x_hat")
+    mmgcn_reg: float = Field(1e-4, ge=0, description="L2 weight on the batch's id embeddings")
+
+
+class BM3Config(Section):
+    """BM3 (Zhou et al., WWW 2023): LightGCN + item-id residual, bootstrapped targets with dropout, no negatives."""
+
+    bm3_dim: int = Field(64, ge=1)
+    bm3_layers: int = Field(1, ge=1, le=4, description="LightGCN layers (published 1-2)")
+    bm3_dropout: float = Field(0.5, ge=0, lt=1, description="dropout that makes the target views (0.3-0.5)")
+    bm3_reg: float = Field(0.1, ge=0, description="weight of the embedding norm penalty (0.1 or 0.01)")
+    bm3_cl_weight: float = Field(2.0, ge=0, description="weight of the modality alignment losses")
 
 
 class TrainingConfig(Section):
@@ -152,6 +196,9 @@ class Config(BaseModel):
     training: TrainingConfig = TrainingConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     lrurec: LRURecConfig = LRURecConfig()
+    vbpr: VBPRConfig = VBPRConfig()
+    mmgcn: MMGCNConfig = MMGCNConfig()
+    bm3: BM3Config = BM3Config()
     rerank: RerankConfig = RerankConfig()
     bert4rec: BERT4RecConfig = BERT4RecConfig()
     llm: LLMConfig = LLMConfig()

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from recsys_core.data.store import Sequences
 from recsys_core.metrics import DEFAULT_KS, MetricAccumulator, target_ranks
 
-ScoreFn = Callable[[list[np.ndarray]], torch.Tensor]  # histories -> (B, N+1) scores, column 0 = padding
+# (histories, user ids) -> (B, N+1) scores, column 0 = padding. Sequential models ignore the user ids.
+ScoreFn = Callable[[list[np.ndarray], np.ndarray], torch.Tensor]
 
 
 def split_inputs(seqs: Sequences, split: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -71,7 +72,7 @@ def evaluate_full_ranking(
     for start in tqdm(range(0, len(histories), batch_size), desc=desc, leave=False, unit="batch"):
         rows = order[start : start + batch_size]
         hist = [histories[i] for i in rows]
-        scores = mask_history(score(hist).float(), hist)
+        scores = mask_history(score(hist, np.asarray(users)[rows]).float(), hist)
         tgt = torch.as_tensor(targets[rows], device=scores.device, dtype=torch.long)
         batch_ranks = target_ranks(scores, tgt)
         acc.add_ranks(batch_ranks)

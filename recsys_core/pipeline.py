@@ -22,10 +22,10 @@ class TwoStage:
     retrieval_top_k: int
     rerank_top_k: int
 
-    def candidates(self, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def candidates(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(B, rerank_top_k) retrieved ids, best first (0 where fewer unseen items exist), and their retrieval
-        scores (-inf in empty slots)."""
-        scores = mask_history(self.retriever.score(histories).float(), histories)
+        scores (-inf in empty slots). ``users``: training user ids, for retrievers with learned user vectors."""
+        scores = mask_history(self.retriever.score(histories, users).float(), histories)
         k = min(self.retrieval_top_k, scores.shape[1] - 1)
         values, items = torch.topk(scores, k, dim=1)
         items[torch.isinf(values)] = 0
@@ -43,7 +43,8 @@ class TwoStage:
     def candidate_set(self, histories: list[np.ndarray], targets: np.ndarray, users: np.ndarray,
                       batch_size: int = 256) -> CandidateSet:  # fmt: skip
         """The retrieved lists of every user as a CandidateSet (for evaluation against the true items)."""
-        parts = [self.candidates(histories[i : i + batch_size]) for i in range(0, len(histories), batch_size)]
+        parts = [self.candidates(histories[i : i + batch_size], np.asarray(users)[i : i + batch_size])
+                 for i in range(0, len(histories), batch_size)]  # fmt: skip
         cands = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, self.rerank_top_k), np.int64)
         values = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, self.rerank_top_k))
         return CandidateSet(users, histories, cands, targets, target_index_of(cands, targets), values)

@@ -11,8 +11,10 @@ from recsys_core.config import Config
 from stages import (
     compare,
     download,
+    embeddings,
     evaluate_pipeline,
     gt_candidates,
+    images,
     prepare,
     promote,
     show_stats,
@@ -24,8 +26,8 @@ from stages.common import run_stage
 
 
 def _data_prepare(argv: list[str]) -> int:
-    """The original data_prepare.py: download, prepare and ground-truth candidates in one go (outside DVC)."""
-    for stage in (download, prepare, gt_candidates):
+    """The original data_prepare.py: download, images, prepare and ground-truth candidates in one go (outside DVC)."""
+    for stage in (download, images, prepare, gt_candidates):
         code = stage.main(argv)
         if code:
             return code
@@ -41,9 +43,11 @@ def _params(argv: list[str]) -> int:
 
 COMMANDS = {
     "download": (download.main, "fetch the raw dataset files"),
+    "images": (images.main, "download and resize the item images into data/images/{dataset}/"),
     "prepare": (prepare.main, "filter, k-core, split; write data/preprocessed/..."),
+    "embeddings": (embeddings.main, "CLIP image and text embeddings of the prepared items"),
     "gt-candidates": (gt_candidates.main, "sample ground-truth candidate lists"),
-    "data-prepare": (_data_prepare, "download + prepare + gt-candidates (the original data_prepare.py)"),
+    "data-prepare": (_data_prepare, "download + images + prepare + gt-candidates (the original data_prepare.py)"),
     "train-retrieval": (train_retrieval.main, "train the stage-1 retriever, evaluate, log to MLflow, register"),
     "train-rerank": (train_rerank.main, "train the stage-2 reranker, evaluate on candidate lists, register"),
     "evaluate-pipeline": (evaluate_pipeline.main, "run the champion retriever + reranker, register the two-stage"),

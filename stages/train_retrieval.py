@@ -14,9 +14,11 @@ from recsys_core.candidates import retrieved_table
 from recsys_core.config import Config
 from recsys_core.data.store import INTERACTIONS, ITEMS, Sequences, load_prepared
 from recsys_core.evaluation import evaluate_full_ranking, split_inputs
+from recsys_core.features.store import FeatureSet, embedding_file
 from recsys_core.io import staged_directory
 from recsys_core.metrics import format_table, prefixed
 from recsys_core.retrieval import get_retriever_class
+from recsys_core.retrieval.base import RetrievalData
 from recsys_core.training import resolve_device, seed_everything
 from stages.common import paths, run_stage
 from stages.training_common import (
@@ -44,14 +46,19 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
 
     seed_everything(seed)
     device = resolve_device(cfg.training.device)
-    hparams = retriever_cls.hyperparameters(cfg, code)
-    retriever = retriever_cls(dataset.n_items, hparams, device)
-    data_tags = tracking.data_hash_tags({"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS})
+    features = FeatureSet(prepared, cfg.features, dataset.items)
+    retriever = retriever_cls.from_data(dataset.n_items, retriever_cls.hyperparameters(cfg, code), device,
+                                        RetrievalData(seqs, features))  # fmt: skip
+    hparams = retriever.hparams  # with what the data decided: users, modalities, feature sizes
+    inputs = {"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS}
+    for modality in hparams.get("modalities", []):
+        inputs[f"embeddings.{modality}"] = embedding_file(prepared, modality, features.encoder(modality))
+    data_tags = tracking.data_hash_tags(inputs)
     r = cfg.retrieval
     settings = loop_settings(
         cfg, epochs=r.retrieval_epochs, lr=r.retrieval_lr, patience=r.retrieval_patience,
         batch_size=r.batch_size_retrieval, checkpoint_dir=out / "checkpoint",
-        fingerprint=fingerprint(cfg, {"retrieval": r.model_dump()}, hparams, data_tags.get("data.interactions.md5", "")),
+        fingerprint=fingerprint(cfg, {"retrieval": r.model_dump()}, hparams, json.dumps(data_tags, sort_keys=True)),
     )  # fmt: skip
     tags = run_tags(root, cfg, "retrieval", method, device, prepared, data_tags)
     params = run_params(cfg, hparams)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, random_log
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +41,20 @@ def project(tmp_path):
     sh(tmp_path, sys.executable, "-m", "dvc", "config", "core.analytics", "false")
     rows = random_log(40, 30, (4, 10), seed=31)
     pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]).to_csv(tmp_path / "mine.csv", index=False)
+    # Item titles (text embeddings) and local images for two thirds of the items (the images stage, CLIP).
+    (tmp_path / "imgs").mkdir()
+    items = []
+    for i in range(30):
+        path = ""
+        if i % 3:
+            path = f"imgs/i{i:03d}.png"
+            Image.new("RGB", (64 + i, 48), (8 * i, 255 - 8 * i, 100)).save(tmp_path / path)
+        items.append({"item": f"i{i:03d}", "title": f"Product {i} of family {i % 4}", "image_path": path})
+    pd.DataFrame(items).to_csv(tmp_path / "items.csv", index=False)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["data"].update(dataset_code="custom", custom_interactions="mine.csv", min_uc=3, min_sc=2)
+    params["data"].update(dataset_code="custom", custom_interactions="mine.csv", custom_items="items.csv", min_uc=3,
+                          min_sc=2)  # fmt: skip
+    params["features"].update(clip_pretrained="none", embedding_batch_size=8)  # random CLIP weights: no hub here
     params["candidates"]["rerank_eval_candidates"] = 10
     params["retrieval"].update(retrieval_epochs=3, retrieval_lr=0.01, batch_size_retrieval=32, retrieval_top_k=20)
     params["rerank"].update(rerank_top_k=10, rerank_epochs=4, rerank_lr=0.01, rerank_batch_size=32)
@@ -65,8 +78,14 @@ def test_dvc_repro_then_nothing_to_do(project):
     assert json.loads((exp / "promotion.json").read_text())["promoted"] is True
     assert (project / "mlflow.db").exists() and (project / "mlartifacts").is_dir()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "prepare", "gt_candidates", "train_retrieval", "promote_retriever",
-                                   "train_rerank", "promote_reranker", "evaluate_pipeline"}  # fmt: skip
+    assert set(lock["stages"]) == {"download", "images", "prepare", "embeddings", "gt_candidates", "train_retrieval",
+                                   "promote_retriever", "train_rerank", "promote_reranker", "evaluate_pipeline"}  # fmt: skip
+    manifest = pd.read_parquet(project / "data/images/custom/manifest.parquet")
+    with_image = manifest["raw_id"].str[1:].astype(int) % 3 != 0
+    assert (manifest["status"] == "ok").tolist() == with_image.tolist()
+    assert set(manifest["status"]) == {"ok", "missing_url"}
+    index = json.loads((prep / "embeddings" / "index.json").read_text())
+    assert set(index["made"]) == {"image", "text"}, index
     rerank = project / "experiments/rerank/bert4rec/custom/seed42"
     assert all((rerank / n).exists() for n in ("model.safetensors", "metrics.json", "history.tsv", "promotion.json"))
     pipeline = json.loads((project / "experiments/pipeline/custom/seed42/metrics.json").read_text())
@@ -107,3 +126,20 @@ def test_dvc_repro_then_nothing_to_do(project):
 
     metrics = sh(project, sys.executable, "-m", "dvc", "metrics", "show", "--json")
     assert '"interactions"' in metrics
+
+    # Switching the retriever: `dvc exp run -S retrieval.retrieval_method=bm3` trains BM3 on the image and text
+    # embeddings and registers it; once promoted it is the pipeline's retriever inside the served two-stage model.
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "pipeline")
+    switched = sh(project, sys.executable, "-m", "dvc", "exp", "run", "-S", "retrieval.retrieval_method=bm3")
+    assert "Running stage 'train_retrieval'" in switched and "Running stage 'embeddings'" not in switched
+    bm3 = project / "experiments/retrieval/bm3/custom/seed42"
+    assert all((bm3 / name).exists() for name in [*trained, "registered.json", "promotion.json"])
+    assert json.loads((bm3 / "config.json").read_text())["hparams"]["modalities"] == ["image", "text"]
+    assert json.loads((bm3 / "registered.json").read_text())["version"] == 2
+    sh(project, sys.executable, "-m", "stages.cli", "promote", "retriever", "--version", "2", "--force")
+    sh(project, sys.executable, "-m", "stages.cli", "evaluate-pipeline")
+    registered = json.loads((project / "experiments/pipeline/custom/seed42/registered.json").read_text())
+    assert registered["retriever.method"] == "bm3" and registered["retriever.version"] == "2"
+    last = sh("/", sys.executable, "-c", script).strip().splitlines()[-1]
+    assert last.startswith("5 5 "), last

@@ -74,7 +74,10 @@ def test_full_ranking_evaluation_counts_and_orders_users():
     n_items = 6
     preferences = torch.tensor([0.0, 6, 5, 4, 3, 2, 1])  # item 1 best ... item 6 worst
 
-    def score(histories):
+    seen_users = []
+
+    def score(histories, users):
+        seen_users.extend((int(u), len(h)) for u, h in zip(users, histories, strict=True))
         return preferences.repeat(len(histories), 1)
 
     histories = [np.array([1]), np.array([1, 2, 3]), np.array([], dtype=np.int64)]
@@ -84,3 +87,4 @@ def test_full_ranking_evaluation_counts_and_orders_users():
     assert result.metrics["hit_at_1"] == pytest.approx(2 / 3) and result.metrics["hit_at_5"] == pytest.approx(2 / 3)
     assert result.top_items.tolist() == [[2, 3, 4], [4, 5, 6], [1, 2, 3]]
     assert n_items == 6
+    assert sorted(seen_users) == [(1, 1), (2, 3), (3, 0)]  # each user's id reaches the model with its own history

@@ -25,12 +25,18 @@ PREPARED_FILES = (INTERACTIONS, ITEMS, USERS, EXPORT, STATS)
 
 @dataclass(frozen=True)
 class DataPaths:
-    """Folder layout under a project root: data/raw/{code}/, data/preprocessed/{code}_min_rating.../, experiments/"""
+    """Folder layout under a project root: data/raw/{code}/, data/images/{code}/, data/preprocessed/{code}_min_rating.../
+    (with embeddings/ inside), experiments/"""
 
     root: Path
 
     def raw(self, code: str) -> Path:
         return self.root / "data" / "raw" / code
+
+    def images(self, code: str) -> Path:
+        """data/images/{code}/: resized item images keyed by raw item id + manifest.parquet (shared by every
+        filter setting of the dataset, so changing min_uc never downloads an image twice)."""
+        return self.root / "data" / "images" / code
 
     def prepared(self, data: DataConfig) -> Path:
         return self.root / "data" / "preprocessed" / prepared_dir_name(data)

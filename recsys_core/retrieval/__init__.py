@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from recsys_core.errors import ConfigError
 from recsys_core.retrieval.base import Retriever
+from recsys_core.retrieval.bm3 import BM3
 from recsys_core.retrieval.lrurec import LRURec
+from recsys_core.retrieval.mmgcn import MMGCN
+from recsys_core.retrieval.vbpr import VBPR
 
 RETRIEVERS: dict[str, type[Retriever]] = {
     "lrurec": LRURec,
+    "vbpr": VBPR,
+    "mmgcn": MMGCN,
+    "bm3": BM3,
 }
 
 

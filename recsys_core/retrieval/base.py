@@ -1,10 +1,16 @@
-"""The retriever contract: ``fit(train, val) -> history``, ``score(histories) -> (B, N+1)``, ``save``, ``load``
-(the last two from SavedModel: safetensors + JSON)."""
+"""The retriever contract: ``from_data``, ``fit(train, val) -> history``, ``score(histories, users) -> (B, N+1)``,
+``save``, ``load`` (the last two from SavedModel: safetensors + JSON).
+
+``users`` (ids 1..U of the training users, or None) lets models with a learned vector per user (VBPR, MMGCN, BM3)
+use it; sequential models read only the history. A history without a user (a served request, a training prefix)
+must still be scored."""
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,18 +18,34 @@ import torch
 from recsys_core.batching import bucketed_batches, training_windows
 from recsys_core.data.store import Sequences
 from recsys_core.evaluation import evaluate_full_ranking, split_inputs
+from recsys_core.features.store import FeatureSet
 from recsys_core.model_base import SavedModel
 from recsys_core.training import EpochCallback, History, LoopSettings, fit
+
+
+@dataclass
+class RetrievalData:
+    """What a retriever is built from: the split, and the item embeddings (for the multimodal retrievers)."""
+
+    seqs: Sequences
+    features: FeatureSet | None = None
 
 
 class Retriever(SavedModel):
     """Scores the whole item pool for a batch of users given their item histories."""
 
+    @classmethod
+    def from_data(cls, n_items: int, hparams: dict[str, Any], device: torch.device | str,
+                  data: RetrievalData) -> Retriever:  # fmt: skip
+        """A new model for this data. Models whose shape depends on the data (users, graph, feature sizes)
+        override this to add those to their hparams and fill their buffers."""
+        return cls(n_items, hparams, device)
+
     @abstractmethod
     def fit(self, seqs: Sequences, settings: LoopSettings, callbacks: Sequence[EpochCallback] = ()) -> History: ...
 
     @abstractmethod
-    def score(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         """(B, N+1) scores; column 0 is padding. Callers mask the history."""
 
 
@@ -41,7 +63,7 @@ class SequentialRetriever(Retriever):
     def parameter_groups(self) -> list[dict]:
         return [{"params": list(self.model.parameters())}]
 
-    def score(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
