@@ -182,6 +182,13 @@ class LLMConfig(Section):
     qwen_max_seq_length: int = Field(2048, ge=128)
     use_quantization: bool = False
     use_torch_compile: bool = False
+    lora_r: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, description="module names that get LoRA adapters"
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1, description="optimizer step every this many batches")
 
 
 class Config(BaseModel):

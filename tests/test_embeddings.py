@@ -304,3 +304,18 @@ def test_missing_text_model_fails_before_any_encoding(tmp_path, monkeypatch):
     images, manifest = write_manifest(tmp_path)
     with pytest.raises(MissingArtifactError, match="MiniLM"):
         compute_embeddings(tmp_path / "p", items_table(), images, manifest, SMOKE, progress=False)
+
+
+def test_the_same_embeddings_give_the_same_bytes(tmp_path):
+    """DVC hashes the embedding files: identical vectors and settings must give identical files."""
+    from recsys_core.features.store import read_metadata, save_embeddings
+
+    vectors, present = np.arange(12, dtype=np.float32).reshape(4, 3), np.array([False, True, True, False])
+    extra = {"pooling": "mean", "max_tokens": "256", "normalized": "l2", "model": "m", "pretrained": "p"}
+    written = []
+    for n in range(6):
+        save_embeddings(tmp_path / f"{n}.safetensors", "text", "enc", vectors, present, "f" * 64, extra)
+        written.append((tmp_path / f"{n}.safetensors").read_bytes())
+    assert all(w == written[0] for w in written)
+    assert read_metadata(tmp_path / "0.safetensors")["items_with_feature"] == "2"
+    assert vectors[0].tolist() == [0.0, 1.0, 2.0]  # the caller's rows are not zeroed

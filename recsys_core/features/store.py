@@ -26,6 +26,7 @@ from recsys_core.io import atomic_path
 
 EMBEDDINGS_DIR = "embeddings"
 INDEX = "index.json"
+META_KEY = "recsys"
 MODALITIES = ("image", "text")
 MINILM = "all-MiniLM-L6-v2"
 RUN_EMBEDDINGS = "run the embeddings stage (`recsys embeddings` or `dvc repro embeddings`)"
@@ -94,8 +95,17 @@ def save_embeddings(dest: Path, modality: str, encoder: str, vectors: np.ndarray
     meta = {"modality": modality, "encoder": encoder, "dim": str(vectors.shape[1]), "items": str(len(vectors) - 1),
             "items_with_feature": str(int(present.sum())), "items_fingerprint": fingerprint, **(extra or {})}  # fmt: skip
     tensors = {"embeddings": torch.from_numpy(vectors), "has_feature": torch.from_numpy(present.astype(np.uint8))}
+    # One metadata key holding sorted JSON: safetensors writes several keys in a per-process hash order, which made
+    # identical embeddings differ byte for byte (and DVC see a change) from one run to the next.
     with atomic_path(dest) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata that ``save_embeddings`` wrote into an embedding file."""
+    with safe_open(str(path), framework="pt") as handle:
+        raw = handle.metadata() or {}
+    return json.loads(raw[META_KEY]) if META_KEY in raw else raw
 
 
 def read_index(folder: Path) -> dict:
@@ -111,8 +121,8 @@ def load_embeddings(folder: Path, modality: str, encoder: str, items: pd.DataFra
         reason = f" The embeddings stage skipped it: {skipped}." if skipped else ""
         raise MissingArtifactError(f"{path} is missing ({modality} embeddings by {encoder}).{reason} "
                                    f"Make them: {RUN_EMBEDDINGS} with the same features.* settings.")  # fmt: skip
+    meta = read_metadata(path)
     with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
         vectors = handle.get_tensor("embeddings").float()
         present = handle.get_tensor("has_feature").bool()
     if len(vectors) != len(items) + 1 or meta.get("items_fingerprint") != items_fingerprint(items):
@@ -138,10 +148,8 @@ class FeatureSet:
         found = []
         for modality in MODALITIES:
             path = embedding_file(self.prepared, modality, encoder_name(modality, self.cfg))
-            if path.exists():
-                with safe_open(str(path), framework="pt") as handle:
-                    if int((handle.metadata() or {}).get("items_with_feature", "0")) > 0:
-                        found.append(modality)
+            if path.exists() and int(read_metadata(path).get("items_with_feature", "0")) > 0:
+                found.append(modality)
         return found
 
     def encoder(self, modality: str) -> str:
