@@ -4,7 +4,8 @@ Epochs with a progress bar, gradient clipping, bf16 autocast on CUDA, validation
 on a validation metric with patience, the best weights kept as a real copy, and a checkpoint after every epoch
 (model, optimizer, scheduler, RNG states, history) from which an interrupted run resumes to the same result as an
 uninterrupted one. Batch order comes from ``numpy.random.default_rng([seed, epoch])``, so it does not depend on
-how many epochs ran in this process.
+how many epochs ran in this process. ``gradient_accumulation_steps`` > 1 sums the gradients of that many batches
+(each loss divided by it) before one optimizer step; an epoch's leftover batches get a step of their own.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class LoopSettings:
     resume: bool = True
     checkpoint_dir: Path | None = None
     fingerprint: str = ""  # config + data identity; a checkpoint with another fingerprint is not resumed
+    gradient_accumulation_steps: int = 1  # optimizer step every this many batches (and after an epoch's last one)
 
 
 @dataclass
@@ -163,26 +165,29 @@ def fit(
                 start = settings.epochs + 1
 
     use_amp = settings.mixed_precision and device.type == "cuda"
+    accumulate = max(1, int(settings.gradient_accumulation_steps))
     for epoch in range(start, settings.epochs + 1):
         began = time.perf_counter()
         model.train()
         rng = np.random.default_rng([settings.seed, epoch])
         losses = []
         bar = tqdm(task.batches(epoch, rng), desc=f"epoch {epoch}/{settings.epochs}", leave=False, unit="batch")
+        optimizer.zero_grad(set_to_none=True)
+        pending = 0  # batches whose gradients are accumulated but not yet applied
         for batch in bar:
-            optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = task.loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch}: the training loss is {loss.item()}; lower the learning rate")
-            loss.backward()
-            if settings.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            (loss / accumulate if accumulate > 1 else loss).backward()
+            pending += 1
+            if pending == accumulate:
+                _step(model, optimizer, scheduler, settings.grad_clip)
+                pending = 0
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        if pending:
+            _step(model, optimizer, scheduler, settings.grad_clip)
         train_seconds = time.perf_counter() - began
         model.eval()
         with torch.no_grad():
@@ -215,6 +220,16 @@ def fit(
             break
     model.load_state_dict(best_state)
     return history
+
+
+def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, grad_clip: float) -> None:
+    """Apply the accumulated gradients (clipped), advance the scheduler, clear the gradients."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _save_checkpoint(path, model, optimizer, scheduler, best_state, bad_epochs, history, epoch, settings) -> None:
