@@ -18,6 +18,7 @@ from stages import (
     prepare,
     promote,
     show_stats,
+    tiny_model,
     train_pipeline,
     train_rerank,
     train_retrieval,
@@ -56,6 +57,7 @@ COMMANDS = {
     "promote": (promote.main, "promote a registered retriever/reranker version to champion"),
     "stats": (show_stats.main, "print the prepared dataset's statistics"),
     "params": (_params, "print the resolved configuration"),
+    "tiny-model": (tiny_model.main, "write a random-weight Qwen3 smoke model with a real tokenizer (offline)"),
 }
 
 

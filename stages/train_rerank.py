@@ -29,6 +29,9 @@ from recsys_core.rerank.fusion import tune_weight
 from recsys_core.training import resolve_device, seed_everything
 from stages.common import paths, run_stage
 from stages.training_common import (
+    LLM_REQUIREMENTS,
+    MODEL_DIR,
+    SERVING_REQUIREMENTS,
     add_parent_run,
     fingerprint,
     loop_settings,
@@ -99,7 +102,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     seed_everything(seed)
     device = resolve_device(cfg.training.device)
     hparams = reranker_cls.hyperparameters(cfg, code)
-    reranker = reranker_cls(dataset.n_items, hparams, device)
+    reranker = reranker_cls.from_data(dataset.n_items, hparams, device, dataset.items)
     data_tags = tracking.data_hash_tags({"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS})
     rr = cfg.rerank
     identity = {"rerank": rr.model_dump(), "sources": source_tags}
@@ -143,10 +146,11 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                    "retriever_method": source_tags.get("retriever.method", "")}  # fmt: skip
 
         with staged_directory(out) as scratch:
-            reranker.save(scratch)
+            reranker.save(scratch / MODEL_DIR)  # weights and settings (an LLM reranker: adapter, tokenizer, texts)
             example = next(u for u in range(len(test_set)) if len(test_set.histories[u]))
-            info = serving.log_reranker(scratch, test_set.histories[example][-10:].tolist(),
-                                        [int(c) for c in test_set.candidates[example] if c], pinned_requirements())  # fmt: skip
+            reqs = pinned_requirements(SERVING_REQUIREMENTS + (LLM_REQUIREMENTS if method == "qwen" else ()))
+            info = serving.log_reranker(scratch / MODEL_DIR, test_set.histories[example][-10:].tolist(),
+                                        [int(c) for c in test_set.candidates[example] if c], reqs)  # fmt: skip
             (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
             write_curves(history, scratch / "history.tsv")
             pd.DataFrame({"user_id": test_set.users, "target": test_set.targets, "rank": test.ranks,

@@ -14,6 +14,8 @@ import yaml
 from conftest import REPO, random_log
 from PIL import Image
 
+from recsys_core.rerank.llm.tiny import write_tiny_qwen3
+
 pytestmark = pytest.mark.slow
 
 COPIED = ("dvc.yaml", "params.yaml", ".dvcignore", "recsys_core", "stages")
@@ -65,7 +67,7 @@ def project(tmp_path):
     return tmp_path
 
 
-def test_dvc_repro_then_nothing_to_do(project):
+def test_dvc_repro_then_nothing_to_do(project, tmp_path_factory):
     out = sh(project, sys.executable, "-m", "dvc", "repro")
     assert "Running stage 'prepare'" in out and "Running stage 'gt_candidates'" in out
     prep = project / "data/preprocessed/custom_min_rating0-min_uc3-min_sc2"
@@ -87,7 +89,9 @@ def test_dvc_repro_then_nothing_to_do(project):
     index = json.loads((prep / "embeddings" / "index.json").read_text())
     assert set(index["made"]) == {"image", "text"}, index
     rerank = project / "experiments/rerank/bert4rec/custom/seed42"
-    assert all((rerank / n).exists() for n in ("model.safetensors", "metrics.json", "history.tsv", "promotion.json"))
+    assert all(
+        (rerank / n).exists() for n in ("model/model.safetensors", "metrics.json", "history.tsv", "promotion.json")
+    )
     pipeline = json.loads((project / "experiments/pipeline/custom/seed42/metrics.json").read_text())
     assert {"test/ndcg_at_10", "test_retrieval_only/ndcg_at_10"} <= set(pipeline)
     registered = json.loads((project / "experiments/pipeline/custom/seed42/registered.json").read_text())
@@ -141,5 +145,23 @@ def test_dvc_repro_then_nothing_to_do(project):
     sh(project, sys.executable, "-m", "stages.cli", "evaluate-pipeline")
     registered = json.loads((project / "experiments/pipeline/custom/seed42/registered.json").read_text())
     assert registered["retriever.method"] == "bm3" and registered["retriever.version"] == "2"
+    last = sh("/", sys.executable, "-c", script).strip().splitlines()[-1]
+    assert last.startswith("5 5 "), last
+
+    # The LLM reranker on the offline smoke model: `dvc exp run -S rerank.rerank_method=qwen -S llm.qwen_model=DIR`
+    # trains the LoRA adapter, registers it, and (promoted) it reranks inside the served two-stage model.
+    tiny = write_tiny_qwen3(tmp_path_factory.mktemp("smoke") / "qwen3", vocab="bytes")
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "bm3")
+    llm = sh(project, sys.executable, "-m", "dvc", "exp", "run", "-S", "rerank.rerank_method=qwen",
+             "-S", f"llm.qwen_model={tiny}", "-S", "rerank.rerank_epochs=1")  # fmt: skip
+    assert "Running stage 'train_rerank'" in llm and "Running stage 'train_retrieval'" not in llm
+    qwen = project / "experiments/rerank/qwen/custom/seed42"
+    assert (qwen / "model/adapter/adapter_model.safetensors").exists() and (qwen / "metrics.json").exists()
+    version = json.loads((qwen / "registered.json").read_text())["version"]
+    sh(project, sys.executable, "-m", "stages.cli", "promote", "reranker", "--version", str(version), "--force")
+    sh(project, sys.executable, "-m", "stages.cli", "evaluate-pipeline")
+    registered = json.loads((project / "experiments/pipeline/custom/seed42/registered.json").read_text())
+    assert registered["reranker.method"] == "qwen"
     last = sh("/", sys.executable, "-c", script).strip().splitlines()[-1]
     assert last.startswith("5 5 "), last

@@ -150,3 +150,13 @@ def test_bad_flag_values_exit_with_usage(workdir, flag):
     with pytest.raises(SystemExit) as err:
         run("prepare", flag, "not-a-number" if flag == "--min_uc" else "nope")
     assert err.value.code == 2
+
+
+def test_tiny_model_command_writes_a_loadable_smoke_model(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert run("tiny-model", "--arch", "qwen3", "--out", str(tmp_path / "smoke"), "--vocab", "bytes") == 0
+    assert "not a recommender" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "smoke", local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "smoke", local_files_only=True)
+    assert model.config.model_type == "qwen3" and len(tokenizer("Toy Story")["input_ids"]) > 0

@@ -5,9 +5,11 @@ from __future__ import annotations
 from recsys_core.errors import ConfigError
 from recsys_core.rerank.base import Reranker
 from recsys_core.rerank.bert4rec import BERT4Rec
+from recsys_core.rerank.qwen import QwenReranker
 
 RERANKERS: dict[str, type[Reranker]] = {
     "bert4rec": BERT4Rec,
+    "qwen": QwenReranker,
 }
 
 

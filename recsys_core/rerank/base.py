@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from recsys_core.data.store import Sequences
@@ -17,6 +19,12 @@ from recsys_core.training import EpochCallback, History, LoopSettings
 
 class Reranker(SavedModel):
     """Orders a short candidate list for each user given the user's history."""
+
+    @classmethod
+    def from_data(cls, n_items: int, hparams: dict[str, Any], device: torch.device | str,
+                  items: pd.DataFrame) -> Reranker:  # fmt: skip
+        """A new model for this dataset; rerankers that read item texts (the LLM ones) take them from ``items``."""
+        return cls(n_items, hparams, device)
 
     @abstractmethod
     def fit(self, seqs: Sequences, val: CandidateSet, settings: LoopSettings,

@@ -275,6 +275,11 @@ class QwenReranker(Reranker):
 
     # ---- saving ----
 
+    @classmethod
+    def from_data(cls, n_items: int, hparams: dict[str, Any], device: torch.device | str,
+                  items: pd.DataFrame) -> QwenReranker:  # fmt: skip
+        return cls(n_items, hparams, device, items=items)
+
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
