@@ -83,8 +83,8 @@ def item_texts_of(items: pd.DataFrame | Mapping[int, str]) -> dict[int, str]:
 
 class _TrainableWeights(nn.Module):
     """What the training loop sees: the trainable (LoRA) parameters only, shared with the network, so that the
-    loop's best-weights copies and checkpoints hold the adapter and not the frozen base model. train()/eval() reach
-    the whole network (LoRA dropout)."""
+    loop's best-weights copies and checkpoints hold the adapter and not the frozen base model. Switching train and
+    inference mode reaches the whole network (LoRA dropout)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
