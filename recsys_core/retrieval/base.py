@@ -48,6 +48,12 @@ class Retriever(SavedModel):
     def score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         """(B, N+1) scores; column 0 is padding. Callers mask the history."""
 
+    def validation_metrics(self, val_inputs: tuple[list[np.ndarray], np.ndarray, np.ndarray], ks: Sequence[int],
+                           batch_size: int) -> dict[str, float]:  # fmt: skip
+        """Full-ranking metrics on the validation users: what every retriever's training monitors."""
+        histories, targets, users = val_inputs
+        return evaluate_full_ranking(self.score, histories, targets, users, ks, batch_size, desc="validate").metrics
+
 
 class SequentialRetriever(Retriever):
     """Retrievers that read the last ``max_len`` items of a history, trained on sliding windows of train sequences
@@ -99,9 +105,6 @@ class SequentialRetriever(Retriever):
                 return retriever.loss(batch)
 
             def validate(self) -> dict[str, float]:
-                histories, targets, users = val_inputs
-                result = evaluate_full_ranking(retriever.score, histories, targets, users, ks, eval_batch_size,
-                                               desc="validate")  # fmt: skip
-                return result.metrics
+                return retriever.validation_metrics(val_inputs, ks, eval_batch_size)
 
         return fit(Task(), settings, self.device, callbacks)

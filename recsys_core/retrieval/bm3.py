@@ -76,7 +76,7 @@ class BM3(CollaborativeRetriever):
 
     def build_model(self) -> nn.Module:
         h = self.hparams
-        dims = {m: h["feature_dims"][m] for m in h["modalities"]}
+        dims = self.feature_dims()
         return BM3Model(h["n_users"], self.n_items, h["n_edges"], dims, h["dim"], h["layers"])
 
     def after_bind(self, tables: dict[str, FeatureTable]) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from recsys_core.data.store import Sequences
 from recsys_core.errors import MissingArtifactError
-from recsys_core.evaluation import evaluate_full_ranking, split_inputs
+from recsys_core.evaluation import split_inputs
 from recsys_core.features.store import MODALITIES, FeatureTable
 from recsys_core.retrieval.base import RetrievalData, Retriever
 from recsys_core.training import EpochCallback, History, LoopSettings, fit
@@ -144,6 +144,10 @@ class CollaborativeRetriever(Retriever):
                     buffers[name].copy_(table.vectors.masked_fill(~table.present[:, None], 0.0))  # f_i = 0 if absent
         self.after_bind(tables)
 
+    def feature_dims(self) -> dict[str, int]:
+        """Size of each used modality's feature vectors (from hparams, so that ``load`` rebuilds the same shapes)."""
+        return {m: self.hparams["feature_dims"][m] for m in self.hparams["modalities"]}
+
     def after_bind(self, tables: dict[str, FeatureTable]) -> None:
         """Hook for models that initialise weights from the features (BM3's trainable feature tables)."""
 
@@ -186,10 +190,7 @@ class CollaborativeRetriever(Retriever):
                 return retriever.loss(batch)
 
             def validate(self) -> dict[str, float]:
-                histories, targets, val_users = val_inputs
-                result = evaluate_full_ranking(retriever.score, histories, targets, val_users, ks, eval_batch_size,
-                                               desc="validate")  # fmt: skip
-                return result.metrics
+                return retriever.validation_metrics(val_inputs, ks, eval_batch_size)
 
         return fit(Task(), settings, self.device, callbacks)
 

@@ -84,7 +84,7 @@ class MMGCN(CollaborativeRetriever):
 
     def build_model(self) -> nn.Module:
         h = self.hparams
-        dims = {m: h["feature_dims"][m] for m in h["modalities"]}
+        dims = self.feature_dims()
         return MMGCNModel(h["n_users"], self.n_items, h["n_edges"], dims, h["dim"], h["layers"], h["aggr"],
                           h["concat"])  # fmt: skip
 
