@@ -123,6 +123,7 @@ class TrainingConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(256, ge=1)
     resume: bool = Field(True, description="continue from the checkpoint an interrupted run left (same config)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="optimizer step every this many batches")
 
     @field_validator("monitor")
     @classmethod
@@ -188,7 +189,19 @@ class LLMConfig(Section):
     lora_target_modules: list[str] = Field(
         ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, description="module names that get LoRA adapters"
     )
-    gradient_accumulation_steps: int = Field(1, ge=1, description="optimizer step every this many batches")
+
+
+class VIP5Config(Section):
+    """VIP5 (Geng et al., 2023) reranker: a frozen T5 with adapters, CLIP features as visual tokens after item ids."""
+
+    vip5_model: str = Field("t5-small", description="T5 id or local folder (`recsys tiny-model --arch t5` makes one)")
+    vip5_feature: Literal["image", "text"] = Field(
+        "image", description="embeddings behind the visual tokens: item images (CLIP), or text for image-less data"
+    )
+    image_feature_size_ratio: int = Field(2, ge=1, description="visual tokens after each item id (published 2)")
+    vip5_reduction_factor: int = Field(8, ge=1, description="adapter bottleneck = d_model / reduction_factor")
+    vip5_unfreeze_layer_norms: bool = Field(False, description="also train the backbone's layer norms")
+    vip5_max_history: int = Field(10, ge=1, description="most recent history items in the prompt")
 
 
 class Config(BaseModel):
@@ -209,6 +222,7 @@ class Config(BaseModel):
     rerank: RerankConfig = RerankConfig()
     bert4rec: BERT4RecConfig = BERT4RecConfig()
     llm: LLMConfig = LLMConfig()
+    vip5: VIP5Config = VIP5Config()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -10,7 +10,7 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from recsys_core.errors import RecsysError
+from recsys_core.errors import MissingArtifactError, RecsysError
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +123,23 @@ def promote(name: str, version: int | None = None, metric: str = "val/ndcg_at_10
 
 def champion_uri(dataset: str, kind: str) -> str:
     return f"models:/{model_name(dataset, kind)}@{CHAMPION}"
+
+
+def load_version(dataset: str, kind: str, version: int | None):
+    """The recsys model behind a registered version (default: the champion) and that version's record."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = model_name(dataset, kind)
+    client = mlflow.MlflowClient()
+    try:
+        record = (client.get_model_version(name, str(version)) if version is not None
+                  else client.get_model_version_by_alias(name, CHAMPION))  # fmt: skip
+    except MlflowException:
+        which = f"version {version}" if version is not None else "a champion"
+        raise MissingArtifactError(
+            f"{name} has no {which}: train and promote it first (`recsys promote {kind}`)"
+        ) from None
+    wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{record.version}").unwrap_python_model()
+    model = wrapper.retriever if kind == "retriever" else wrapper.reranker
+    return model, record

@@ -6,10 +6,14 @@ on a validation metric with patience, the best weights kept as a real copy, and 
 uninterrupted one. Batch order comes from ``numpy.random.default_rng([seed, epoch])``, so it does not depend on
 how many epochs ran in this process. ``gradient_accumulation_steps`` > 1 sums the gradients of that many batches
 (each loss divided by it) before one optimizer step; an epoch's leftover batches get a step of their own.
+Under ``accelerate launch`` the same loop trains data-parallel (``recsys_core.distributed``): each process takes
+every world-size-th batch and the gradients are averaged before each step, so N processes with accumulation A
+make the same updates as one process with accumulation N*A; rank 0 validates, checkpoints and runs the callbacks.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recsys_core import distributed
 from recsys_core.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -166,35 +171,49 @@ def fit(
 
     use_amp = settings.mixed_precision and device.type == "cuda"
     accumulate = max(1, int(settings.gradient_accumulation_steps))
+    world = distributed.current_world()
+    distributed.broadcast_parameters(model, world)
     for epoch in range(start, settings.epochs + 1):
         began = time.perf_counter()
         model.train()
         rng = np.random.default_rng([settings.seed, epoch])
         losses = []
-        bar = tqdm(task.batches(epoch, rng), desc=f"epoch {epoch}/{settings.epochs}", leave=False, unit="batch")
+        # every process draws the same batches from the same rng and keeps its share of them
+        mine = (b for i, b in enumerate(task.batches(epoch, rng)) if i % world.size == world.rank)
+        bar = tqdm(mine, desc=f"epoch {epoch}/{settings.epochs}", leave=False, unit="batch",
+                   disable=not world.is_main)  # fmt: skip
+        batches = iter(bar)
         optimizer.zero_grad(set_to_none=True)
-        pending = 0  # batches whose gradients are accumulated but not yet applied
-        for batch in bar:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = task.loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch}: the training loss is {loss.item()}; lower the learning rate")
-            (loss / accumulate if accumulate > 1 else loss).backward()
-            pending += 1
-            if pending == accumulate:
-                _step(model, optimizer, scheduler, settings.grad_clip)
-                pending = 0
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        if pending:
+        while True:
+            pending = 0  # batches whose gradients are accumulated but not yet applied
+            for batch in itertools.islice(batches, accumulate):
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = task.loss(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"epoch {epoch}: the training loss is {loss.item()}; lower the "
+                                             "learning rate")  # fmt: skip
+                (loss / accumulate if accumulate > 1 else loss).backward()
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+                pending += 1
+            # all processes step together; one whose share ran out contributes zero gradients
+            if not distributed.any_process(pending > 0, world, device):
+                break
+            distributed.average_gradients([p for p in model.parameters() if p.requires_grad], world)
             _step(model, optimizer, scheduler, settings.grad_clip)
+        bar.close()
         train_seconds = time.perf_counter() - began
         model.eval()
-        with torch.no_grad():
-            val = task.validate()
+        val = None
+        if world.is_main:
+            with torch.no_grad():
+                val = task.validate()
+        val = distributed.from_main(val, world, device)
+        loss_sum, loss_count = distributed.sum_over_processes([float(np.sum(losses)), float(len(losses))], world,
+                                                              device)  # fmt: skip
         record = {
             "epoch": float(epoch),
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "train_loss": loss_sum / loss_count if loss_count else math.nan,
             "lr": float(optimizer.param_groups[0]["lr"]),
             "epoch_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - began - train_seconds,
@@ -211,9 +230,9 @@ def fit(
                  settings.monitor, score, history.best_score, history.best_epoch)  # fmt: skip
         if bad_epochs >= settings.patience:
             history.stopped_early = True
-        if ckpt_path is not None:
+        if ckpt_path is not None and world.is_main:
             _save_checkpoint(ckpt_path, model, optimizer, scheduler, best_state, bad_epochs, history, epoch, settings)
-        for cb in callbacks:
+        for cb in callbacks if world.is_main else ():
             cb(epoch, record)
         if history.stopped_early:
             log.info("early stopping after epoch %d: no gain in %d epochs", epoch, settings.patience)

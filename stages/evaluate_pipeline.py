@@ -15,7 +15,6 @@ from pathlib import Path
 from recsys_core import registry, serving, tracking
 from recsys_core.config import Config
 from recsys_core.data.store import INTERACTIONS, ITEMS, Sequences, load_prepared
-from recsys_core.errors import MissingArtifactError
 from recsys_core.evaluation import split_inputs
 from recsys_core.io import staged_directory, write_json
 from recsys_core.metrics import format_table, prefixed
@@ -28,26 +27,6 @@ from stages.training_common import pinned_requirements
 log = logging.getLogger("recsys.evaluate_pipeline")
 
 
-def load_version(dataset: str, kind: str, version: int | None):
-    """The recsys model behind a registered version (default: the champion) and that version's record."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    name = registry.model_name(dataset, kind)
-    client = mlflow.MlflowClient()
-    try:
-        record = (client.get_model_version(name, str(version)) if version is not None
-                  else client.get_model_version_by_alias(name, registry.CHAMPION))  # fmt: skip
-    except MlflowException:
-        which = f"version {version}" if version is not None else "a champion"
-        raise MissingArtifactError(
-            f"{name} has no {which}: train and promote it first (`recsys promote {kind}`)"
-        ) from None
-    wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{record.version}").unwrap_python_model()
-    model = wrapper.retriever if kind == "retriever" else wrapper.reranker
-    return model, record
-
-
 def body(cfg: Config, args: argparse.Namespace) -> None:
     root = tracking.project_root(paths().root)
     tracking.configure(root)
@@ -55,8 +34,8 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     prepared = paths().prepared(cfg.data)
     dataset = load_prepared(prepared)
     seqs = Sequences.from_dataset(dataset)
-    retriever, ret_v = load_version(code, "retriever", args.retriever_version)
-    reranker, rr_v = load_version(code, "reranker", args.reranker_version)
+    retriever, ret_v = registry.load_version(code, "retriever", args.retriever_version)
+    reranker, rr_v = registry.load_version(code, "reranker", args.reranker_version)
     device = resolve_device(cfg.training.device)
     for model in (retriever, reranker):
         model.model.to(device)

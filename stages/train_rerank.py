@@ -15,15 +15,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from recsys_core import registry, serving, tracking
+from recsys_core import distributed, registry, serving, tracking
 from recsys_core.candidates import load_gt_candidates, read_retrieved
 from recsys_core.config import Config
 from recsys_core.data.store import GT_CANDIDATES, INTERACTIONS, ITEMS, Sequences, load_prepared
 from recsys_core.errors import MissingArtifactError
+from recsys_core.features.store import FeatureSet
 from recsys_core.io import staged_directory
 from recsys_core.metrics import format_table, prefixed
 from recsys_core.rerank import get_reranker_class
-from recsys_core.rerank.data import CandidateSet, from_ground_truth, from_retrieved
+from recsys_core.rerank.data import (
+    CandidateSet,
+    ExampleSource,
+    GroundTruthExamples,
+    RetrievedExamples,
+    from_ground_truth,
+    from_retrieved,
+)
 from recsys_core.rerank.evaluate import RerankResult, evaluate_lists, list_order_result
 from recsys_core.rerank.fusion import tune_weight
 from recsys_core.training import resolve_device, seed_everything
@@ -46,7 +54,8 @@ log = logging.getLogger("recsys.train_rerank")
 
 
 def champion_candidates(dataset: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    """retrieved.csv of the run behind `models:/{dataset}-retriever@champion`, and tags naming that version."""
+    """retrieved.csv of the run behind `models:/{dataset}-retriever@champion`, and tags naming that version (the
+    version's own number, so that the training lists come from the very model that made the file)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -66,14 +75,20 @@ def champion_candidates(dataset: str) -> tuple[pd.DataFrame, dict[str, str]]:
     return table, tags
 
 
-def candidate_sets(cfg: Config, seqs: Sequences, prepared: Path) -> tuple[CandidateSet, CandidateSet, dict]:
+def candidate_sets(cfg: Config, seqs: Sequences, prepared: Path,
+                   n_items: int) -> tuple[CandidateSet, CandidateSet, ExampleSource, dict]:  # fmt: skip
+    """Validation and test lists, where training lists come from (true item + random negatives, or the champion
+    retriever's top lists for train prefixes), and tags naming the sources."""
     if cfg.rerank.rerank_mode == "ground_truth":
         table, meta = load_gt_candidates(prepared / GT_CANDIDATES)
         tags = {f"gt_candidates.{k}": v for k, v in meta.items()}
-        return from_ground_truth(table, seqs, "val"), from_ground_truth(table, seqs, "test"), tags
+        examples = GroundTruthExamples(seqs, n_items)
+        return from_ground_truth(table, seqs, "val"), from_ground_truth(table, seqs, "test"), examples, tags
     table, tags = champion_candidates(cfg.data.dataset_code)
+    retriever, _ = registry.load_version(cfg.data.dataset_code, "retriever", int(tags["retriever.version"]))
     k = cfg.rerank.rerank_top_k
-    return from_retrieved(table, seqs, "val", k), from_retrieved(table, seqs, "test", k), tags
+    examples = RetrievedExamples(seqs, lambda histories: retriever.score(histories))
+    return from_retrieved(table, seqs, "val", k), from_retrieved(table, seqs, "test", k), examples, tags
 
 
 def summary_rows(result: RerankResult, baseline: RerankResult | None, alone: RerankResult | None = None) -> dict:
@@ -95,14 +110,16 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     prepared = paths().prepared(cfg.data)
     dataset = load_prepared(prepared)
     seqs = Sequences.from_dataset(dataset)
-    val_set, test_set, source_tags = candidate_sets(cfg, seqs, prepared)
+    world = distributed.init_world(cfg.training.device)  # several processes under `accelerate launch`
+    val_set, test_set, examples, source_tags = candidate_sets(cfg, seqs, prepared, dataset.n_items)
     reranker_cls = get_reranker_class(method)
     out = paths().experiment("rerank", method, code, seed)
 
     seed_everything(seed)
-    device = resolve_device(cfg.training.device)
+    device = world.device or resolve_device(cfg.training.device)
     hparams = reranker_cls.hyperparameters(cfg, code)
-    reranker = reranker_cls.from_data(dataset.n_items, hparams, device, dataset.items)
+    features = FeatureSet(prepared, cfg.features, dataset.items)
+    reranker = reranker_cls.from_data(dataset.n_items, hparams, device, dataset.items, features)
     data_tags = tracking.data_hash_tags({"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS})
     rr = cfg.rerank
     identity = {"rerank": rr.model_dump(), "sources": source_tags}
@@ -113,12 +130,15 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     )  # fmt: skip
     tags = {**run_tags(root, cfg, "rerank", method, device, prepared, data_tags), "rerank_mode": mode, **source_tags}
     ks = cfg.training.metric_ks
+    if not world.is_main:  # the other processes only train; rank 0 evaluates, saves, logs and registers
+        reranker.fit(seqs, val_set, settings, ks=ks, examples=examples)
+        return
 
     import mlflow
 
     name = tracking.run_name(method, code, seed)
     with tracking.training_run(root, code, name, run_params(cfg, hparams), tags, args.parent_run_id) as run:
-        history = reranker.fit(seqs, val_set, settings, callbacks=[tracking.epoch_logger()], ks=ks)
+        history = reranker.fit(seqs, val_set, settings, callbacks=[tracking.epoch_logger()], ks=ks, examples=examples)
         batch = cfg.training.eval_batch_size
         fusion_metrics, alone = {}, None
         if mode == "retrieval" and rr.rerank_score_fusion:

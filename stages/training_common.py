@@ -51,7 +51,8 @@ def loop_settings(cfg: Config, *, epochs: int, lr: float, patience: int, batch_s
     t = cfg.training
     return LoopSettings(epochs=epochs, lr=lr, patience=patience, monitor=t.monitor, grad_clip=t.grad_clip,
                         mixed_precision=t.mixed_precision, seed=cfg.seed, batch_size=batch_size, resume=t.resume,
-                        checkpoint_dir=checkpoint_dir, fingerprint=fingerprint)  # fmt: skip
+                        checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+                        gradient_accumulation_steps=t.gradient_accumulation_steps)  # fmt: skip
 
 
 def run_params(cfg: Config, hparams: dict) -> dict[str, Any]:

@@ -122,11 +122,10 @@ def test_only_text_only_mode_is_this_rerankers():
 
 
 def test_hyperparameters_come_from_the_config(tiny_dir):
-    cfg = tiny_config(**{"llm.qwen_model": str(tiny_dir), "llm.lora_r": 4, "llm.lora_target_modules": ["q_proj"],
-                         "llm.gradient_accumulation_steps": 3})  # fmt: skip
+    cfg = tiny_config(**{"llm.qwen_model": str(tiny_dir), "llm.lora_r": 4, "llm.lora_target_modules": ["q_proj"]})
     h = QwenReranker.hyperparameters(cfg, "test")
     assert h["model"] == str(tiny_dir.resolve()) and h["lora_r"] == 4 and h["lora_target_modules"] == ["q_proj"]
-    assert h["gradient_accumulation_steps"] == 3 and h["max_candidates"] == 50 and h["mode"] == "text_only"
+    assert h["max_candidates"] == 50 and h["mode"] == "text_only"
 
 
 # ---- scoring ----
@@ -152,6 +151,16 @@ def test_scores_are_label_logits_with_inf_padding_in_one_forward(tiny_dir):
     torch.testing.assert_close(scores[0, [0, 1, 3]], alone, rtol=1e-4, atol=1e-4)
     with pytest.raises(ConfigError, match="qwen_max_candidates"):
         reranker.score(histories[:1], np.arange(1, K + 2)[None])
+
+
+def test_compiled_layers_score_like_the_eager_model(tiny_dir):
+    items = {i: f"item {i}" for i in range(1, 31)}
+    eager = make(tiny_dir, items=items)
+    compiled = make(tiny_dir, items=items, **{"llm.use_torch_compile": True})
+    assert compiled._pad_multiple == 64 and eager._pad_multiple == 1
+    histories = [np.array([3, 4]), np.array([9, 10, 11])]
+    cands = np.array([[1, 2, 5, 4, 7], [5, 6, 0, 8, 9]])
+    torch.testing.assert_close(compiled.score(histories, cands), eager.score(histories, cands), rtol=1e-3, atol=1e-3)
 
 
 def test_scoring_needs_item_texts(tiny_dir):

@@ -13,7 +13,14 @@ from conftest import random_log, raw_dataset
 from recsys_core.config import DataConfig
 from recsys_core.data.preprocess import preprocess
 from recsys_core.data.store import Sequences
-from recsys_core.rerank.data import CandidateSet, from_retrieved, retrieval_training_examples, training_examples
+from recsys_core.rerank.data import (
+    CandidateSet,
+    GroundTruthExamples,
+    RetrievedExamples,
+    from_retrieved,
+    retrieval_training_examples,
+    training_examples,
+)
 from recsys_core.rerank.evaluate import evaluate_lists, list_order_result
 
 
@@ -96,3 +103,26 @@ def test_retrieval_training_examples_mask_held_out_items(seqs):
         assert cands[idx] == s.train[user][len(hist)]  # kept only where the next item was retrieved
     total = sum(min(3, len(s.train[u]) - 1) for u in users)
     assert len(ex.users) < total  # prefixes whose next item was not in the top 40 were dropped
+
+
+def test_retrieved_examples_score_once_and_reshuffle_every_draw(seqs):
+    s, n_items = seqs
+    calls = []
+
+    def retriever(histories):
+        calls.append(len(histories))
+        return torch.arange(n_items + 1, 0, -1, dtype=torch.float32).repeat(len(histories), 1)
+
+    source = RetrievedExamples(s, retriever)
+    first = source.draw(30, np.random.default_rng(1), 2)
+    scored = len(calls)
+    second = source.draw(30, np.random.default_rng(2), 2)
+    assert len(calls) == scored  # the retriever's lists are computed once
+    assert len(first.users) > 0 and first.candidates.shape[1] == 30
+    assert not np.array_equal(first.candidates, second.candidates)  # a fresh order (so fresh labels) each epoch
+    np.testing.assert_array_equal(np.sort(first.candidates, axis=1), np.sort(second.candidates, axis=1))
+    for ex in (first, second):
+        for user, hist, cands, idx in zip(ex.users, ex.histories, ex.candidates, ex.target_index, strict=True):
+            assert cands[idx] == s.train[user][len(hist)]
+    gt = GroundTruthExamples(s, n_items).draw(8, np.random.default_rng(0))
+    assert gt.candidates.shape[1] == 8 and (gt.target_index >= 0).all()

@@ -20,7 +20,7 @@ from recsys_core.batching import bucketed_batches, training_windows
 from recsys_core.config import Config
 from recsys_core.data.store import Sequences
 from recsys_core.rerank.base import Reranker
-from recsys_core.rerank.data import CandidateSet
+from recsys_core.rerank.data import CandidateSet, ExampleSource
 from recsys_core.rerank.evaluate import evaluate_lists
 from recsys_core.training import EpochCallback, History, LoopSettings, fit
 
@@ -121,7 +121,9 @@ class BERT4Rec(Reranker):
         return full.gather(1, torch.as_tensor(candidates, device=full.device, dtype=torch.long))
 
     def fit(self, seqs: Sequences, val: CandidateSet, settings: LoopSettings,
-            callbacks: Sequence[EpochCallback] = (), ks: Sequence[int] = (5, 10, 20)) -> History:  # fmt: skip
+            callbacks: Sequence[EpochCallback] = (), ks: Sequence[int] = (5, 10, 20),
+            examples: ExampleSource | None = None) -> History:  # fmt: skip
+        """Cloze training over whole train windows (its own objective, so candidate-list ``examples`` are unused)."""
         max_len = self.hparams["max_len"]
         windows = [w for w in training_windows(seqs.train[1:], max_len - 1, 1.0) if len(w) >= 2]
         if not windows:

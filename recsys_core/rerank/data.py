@@ -8,7 +8,8 @@ in them, neither as history, nor as target, nor as a negative.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -152,6 +153,39 @@ def retrieval_training_examples(
     return TrainingExamples(
         users[keep], [histories[i] for i in keep], shuffled, target_index_of(shuffled, targets[keep])
     )
+
+
+class GroundTruthExamples:
+    """ground_truth mode's source of training lists: fresh negatives and a fresh order at every draw."""
+
+    def __init__(self, seqs: Sequences, n_items: int):
+        self.seqs, self.n_items = seqs, n_items
+
+    def draw(self, width: int, rng: np.random.Generator, max_per_user: int | None = None) -> TrainingExamples:
+        return training_examples(self.seqs, self.n_items, width, rng, max_per_user)
+
+
+@dataclass
+class RetrievedExamples:
+    """retrieval mode's source of training lists: the retriever's top ``width`` for each train prefix (computed once
+    per (width, max_per_user), since the retriever does not change), shuffled afresh at every draw."""
+
+    seqs: Sequences
+    score: Callable  # histories -> (B, N+1) scores, e.g. the champion retriever's ``score``
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def draw(self, width: int, rng: np.random.Generator, max_per_user: int | None = None) -> TrainingExamples:
+        key = (width, max_per_user)
+        if key not in self._cache:
+            self._cache[key] = retrieval_training_examples(self.seqs, self.score, width, np.random.default_rng(0),
+                                                           max_per_user)  # fmt: skip
+        ex = self._cache[key]
+        lists = rng.permuted(ex.candidates, axis=1)
+        targets = ex.candidates[np.arange(len(ex.users)), ex.target_index]
+        return TrainingExamples(ex.users, ex.histories, lists, target_index_of(lists, targets))
+
+
+ExampleSource = GroundTruthExamples | RetrievedExamples
 
 
 def _all_seen(seqs: Sequences, n_items: int) -> np.ndarray:

@@ -17,7 +17,6 @@ the LoRA settings). ``load`` rebuilds the base model from that id and puts the a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,13 +32,14 @@ from torch import nn
 from recsys_core.config import Config
 from recsys_core.data.store import Sequences
 from recsys_core.errors import ConfigError, MissingArtifactError
+from recsys_core.features.store import FeatureSet
 from recsys_core.io import atomic_path
 from recsys_core.model_base import CONFIG
 from recsys_core.rerank.base import Reranker
-from recsys_core.rerank.data import CandidateSet, training_examples
+from recsys_core.rerank.data import CandidateSet, ExampleSource, GroundTruthExamples
 from recsys_core.rerank.evaluate import evaluate_lists
 from recsys_core.rerank.llm.labels import Label, choose_labels, label_ids
-from recsys_core.rerank.llm.model import load_causal_lm, resolve_model_id
+from recsys_core.rerank.llm.model import COMPILE_PAD_MULTIPLE, compile_layers, load_causal_lm, resolve_model_id
 from recsys_core.rerank.llm.prompt import Prompt, build_prompts, left_pad
 from recsys_core.training import EpochCallback, History, LoopSettings, fit
 
@@ -137,7 +137,6 @@ class QwenReranker(Reranker):
             "lora_alpha": q.lora_alpha,
             "lora_dropout": q.lora_dropout,
             "lora_target_modules": list(q.lora_target_modules),
-            "gradient_accumulation_steps": q.gradient_accumulation_steps,
             "examples_per_user": DEFAULT_EXAMPLES_PER_USER,
             "score_batch_size": cfg.rerank.rerank_batch_size,
         }
@@ -167,7 +166,10 @@ class QwenReranker(Reranker):
         except ValueError as err:
             raise ConfigError(f"llm.lora_target_modules {h['lora_target_modules']}: {err}") from err
         self.trainable = _TrainableWeights(net)
-        self._forward_net = torch.compile(net) if h.get("use_torch_compile") else net
+        self._pad_multiple = 1
+        if h.get("use_torch_compile"):
+            compile_layers(net)
+            self._pad_multiple = COMPILE_PAD_MULTIPLE
         return net
 
     # ---- items and prompts ----
@@ -200,8 +202,8 @@ class QwenReranker(Reranker):
 
     def answer_logits(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(B, V) float logits at the answer slot (the last prompt position), one forward pass for the batch."""
-        batch = left_pad(prompts, self.tokenizer.pad_token_id)
-        out = self._forward_net(input_ids=batch["input_ids"].to(self.device),
+        batch = left_pad(prompts, self.tokenizer.pad_token_id, self._pad_multiple)
+        out = self.model(input_ids=batch["input_ids"].to(self.device),
                                 attention_mask=batch["attention_mask"].to(self.device), use_cache=False,
                                 logits_to_keep=1)  # fmt: skip
         return out.logits[:, -1].float()
@@ -233,14 +235,12 @@ class QwenReranker(Reranker):
     # ---- training ----
 
     def fit(self, seqs: Sequences, val: CandidateSet, settings: LoopSettings,
-            callbacks: Sequence[EpochCallback] = (), ks: Sequence[int] = (5, 10, 20)) -> History:  # fmt: skip
-        """LoRA fine-tuning on lists as wide as the validation lists; ``hparams['gradient_accumulation_steps']``
-        applies when ``settings`` leaves it at 1."""
+            callbacks: Sequence[EpochCallback] = (), ks: Sequence[int] = (5, 10, 20),
+            examples: ExampleSource | None = None) -> History:  # fmt: skip
+        """LoRA fine-tuning on lists as wide as the validation lists, drawn from ``examples`` each epoch."""
         width = int(val.candidates.shape[1])
         self._check_ready(width)
-        steps = int(self.hparams.get("gradient_accumulation_steps", 1))
-        if steps > 1 and settings.gradient_accumulation_steps == 1:
-            settings = dataclasses.replace(settings, gradient_accumulation_steps=steps)
+        examples = examples if examples is not None else GroundTruthExamples(seqs, self.n_items)
         per_user = self.hparams.get("examples_per_user", DEFAULT_EXAMPLES_PER_USER)
         reranker, trainable = self, self.trainable
         label_tokens = self._label_tokens[:width]
@@ -254,9 +254,12 @@ class QwenReranker(Reranker):
 
             def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple]:
                 # fresh negatives and a fresh candidate order (so fresh labels) every epoch, from the epoch's rng
-                ex = training_examples(seqs, reranker.n_items, width, rng, per_user)
+                ex = examples.draw(width, rng, per_user)
                 if not len(ex.users):
-                    raise ValueError("no training sequence has two or more items")
+                    raise ValueError(
+                        "no training example: no train sequence has two or more items (or, in retrieval "
+                        "mode, the retriever never retrieved a train prefix's next item)"
+                    )
                 order = rng.permutation(len(ex.users))
                 for start in range(0, len(order), settings.batch_size):
                     ids = order[start : start + settings.batch_size]
@@ -277,7 +280,7 @@ class QwenReranker(Reranker):
 
     @classmethod
     def from_data(cls, n_items: int, hparams: dict[str, Any], device: torch.device | str,
-                  items: pd.DataFrame) -> QwenReranker:  # fmt: skip
+                  items: pd.DataFrame, features: FeatureSet | None = None) -> QwenReranker:  # fmt: skip
         return cls(n_items, hparams, device, items=items)
 
     def save(self, folder: Path) -> None:

@@ -257,13 +257,14 @@ def build_prompts(
     return out
 
 
-def left_pad(batch: Sequence[Prompt | Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def left_pad(batch: Sequence[Prompt | Sequence[int]], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` (B, L) int64 tensors, padded on the left so that position -1 is every
-    row's answer slot. Positions are not passed: RoPE depends only on relative positions, and pad keys are masked."""
+    row's answer slot, L rounded up to a ``multiple`` (fewer distinct shapes for a compiled model). Positions are not
+    passed: RoPE depends only on relative positions, and pad keys are masked."""
     rows = [list(p.input_ids) if isinstance(p, Prompt) else [int(i) for i in p] for p in batch]
     if not rows or not all(rows):
         raise ValueError("left_pad needs a non-empty batch of non-empty prompts")
-    width = max(len(r) for r in rows)
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
     input_ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for b, row in enumerate(rows):
