@@ -202,6 +202,7 @@ class VIP5Config(Section):
     vip5_reduction_factor: int = Field(8, ge=1, description="adapter bottleneck = d_model / reduction_factor")
     vip5_unfreeze_layer_norms: bool = Field(False, description="also train the backbone's layer norms")
     vip5_max_history: int = Field(10, ge=1, description="most recent history items in the prompt")
+    vip5_max_length: int = Field(512, ge=32, description="prompt tokens; history is shortened, candidates never")
 
 
 class Config(BaseModel):

@@ -20,7 +20,7 @@ from recsys_core.candidates import load_gt_candidates, read_retrieved
 from recsys_core.config import Config
 from recsys_core.data.store import GT_CANDIDATES, INTERACTIONS, ITEMS, Sequences, load_prepared
 from recsys_core.errors import MissingArtifactError
-from recsys_core.features.store import FeatureSet
+from recsys_core.features.store import FeatureSet, embedding_file
 from recsys_core.io import staged_directory
 from recsys_core.metrics import format_table, prefixed
 from recsys_core.rerank import get_reranker_class
@@ -120,7 +120,11 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     hparams = reranker_cls.hyperparameters(cfg, code)
     features = FeatureSet(prepared, cfg.features, dataset.items)
     reranker = reranker_cls.from_data(dataset.n_items, hparams, device, dataset.items, features)
-    data_tags = tracking.data_hash_tags({"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS})
+    inputs = {"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS}
+    if reranker.hparams.get("feature") and reranker.hparams.get("encoder"):  # VIP5's visual-token features
+        feature = reranker.hparams["feature"]
+        inputs[f"embeddings.{feature}"] = embedding_file(prepared, feature, reranker.hparams["encoder"])
+    data_tags = tracking.data_hash_tags(inputs)
     rr = cfg.rerank
     identity = {"rerank": rr.model_dump(), "sources": source_tags}
     settings = loop_settings(
@@ -168,7 +172,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         with staged_directory(out) as scratch:
             reranker.save(scratch / MODEL_DIR)  # weights and settings (an LLM reranker: adapter, tokenizer, texts)
             example = next(u for u in range(len(test_set)) if len(test_set.histories[u]))
-            reqs = pinned_requirements(SERVING_REQUIREMENTS + (LLM_REQUIREMENTS if method == "qwen" else ()))
+            reqs = pinned_requirements(SERVING_REQUIREMENTS + (LLM_REQUIREMENTS if method != "bert4rec" else ()))
             info = serving.log_reranker(scratch / MODEL_DIR, test_set.histories[example][-10:].tolist(),
                                         [int(c) for c in test_set.candidates[example] if c], reqs)  # fmt: skip
             (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -15,6 +15,8 @@ import pytest
 from recsys_core.data.sources.base import RawDataset, items_frame
 
 REPO = Path(__file__).resolve().parents[1]
+# Where the LLM / VIP5 reranker tests build their models: RECSYS_TEST_DEVICE=cuda runs their training checks on a GPU.
+TEST_DEVICE = os.environ.get("RECSYS_TEST_DEVICE", "cpu")
 
 
 def random_log(n_users: int = 60, n_items: int = 40, per_user: tuple[int, int] = (4, 15), seed: int = 0):

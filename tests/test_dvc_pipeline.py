@@ -15,19 +15,21 @@ from conftest import REPO, random_log
 from PIL import Image
 
 from recsys_core.rerank.llm.tiny import write_tiny_qwen3
+from recsys_core.rerank.t5_tiny import write_tiny_t5
 
 pytestmark = pytest.mark.slow
 
 COPIED = ("dvc.yaml", "params.yaml", ".dvcignore", "recsys_core", "stages")
 
 
-def sh(cwd, *cmd):
+def sh(cwd, *cmd, stdout_only=False):
+    """Run a command; its stdout and stderr (stdout alone with ``stdout_only``: warnings go to stderr)."""
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the project's embedded store: <project>/mlflow.db
     env.pop("RECSYS_PROJECT_ROOT", None)
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
+    return done.stdout if stdout_only else done.stdout + done.stderr
 
 
 @pytest.fixture
@@ -108,7 +110,7 @@ def test_dvc_repro_then_nothing_to_do(project, tmp_path_factory):
         "             for k in ('retriever', 'reranker', 'two-stage')]\n"
         "print(len(out['items'][0]), len(out['titles'][0]), stages, champions)\n"
     )
-    last = sh("/", sys.executable, "-c", script).strip().splitlines()[-1]
+    last = sh("/", sys.executable, "-c", script, stdout_only=True).strip().splitlines()[-1]
     assert last == "5 5 ['pipeline', 'rerank', 'retrieval'] [1, 1, 1]", last
     snapshot = {name: (prep / name).read_bytes() for name in outputs} | {n: (exp / n).read_bytes() for n in trained}
 
@@ -145,7 +147,7 @@ def test_dvc_repro_then_nothing_to_do(project, tmp_path_factory):
     sh(project, sys.executable, "-m", "stages.cli", "evaluate-pipeline")
     registered = json.loads((project / "experiments/pipeline/custom/seed42/registered.json").read_text())
     assert registered["retriever.method"] == "bm3" and registered["retriever.version"] == "2"
-    last = sh("/", sys.executable, "-c", script).strip().splitlines()[-1]
+    last = sh("/", sys.executable, "-c", script, stdout_only=True).strip().splitlines()[-1]
     assert last.startswith("5 5 "), last
 
     # The LLM reranker on the offline smoke model: `dvc exp run -S rerank.rerank_method=qwen -S llm.qwen_model=DIR`
@@ -163,5 +165,25 @@ def test_dvc_repro_then_nothing_to_do(project, tmp_path_factory):
     sh(project, sys.executable, "-m", "stages.cli", "evaluate-pipeline")
     registered = json.loads((project / "experiments/pipeline/custom/seed42/registered.json").read_text())
     assert registered["reranker.method"] == "qwen"
-    last = sh("/", sys.executable, "-c", script).strip().splitlines()[-1]
+    last = sh("/", sys.executable, "-c", script, stdout_only=True).strip().splitlines()[-1]
     assert last.startswith("5 5 "), last
+
+    # VIP5 on the offline T5 smoke model, visual tokens from the items' CLIP features: retrieval mode through DVC,
+    # the registry and the served two-stage model; then ground-truth mode through the stage alone.
+    t5 = write_tiny_t5(tmp_path_factory.mktemp("smoke") / "t5")
+    vip5_run = sh(project, sys.executable, "-m", "dvc", "exp", "run", "-S", "rerank.rerank_method=vip5",
+                  "-S", f"vip5.vip5_model={t5}", "-S", "rerank.rerank_epochs=1")  # fmt: skip
+    assert "Running stage 'train_rerank'" in vip5_run and "Running stage 'train_retrieval'" not in vip5_run
+    vip5 = project / "experiments/rerank/vip5/custom/seed42"
+    assert (vip5 / "model/model.safetensors").exists() and (vip5 / "model/features.safetensors").exists()
+    assert json.loads((vip5 / "metrics.json").read_text())["mode"] == "retrieval"
+    version = json.loads((vip5 / "registered.json").read_text())["version"]
+    sh(project, sys.executable, "-m", "stages.cli", "promote", "reranker", "--version", str(version), "--force")
+    sh(project, sys.executable, "-m", "stages.cli", "evaluate-pipeline")
+    registered = json.loads((project / "experiments/pipeline/custom/seed42/registered.json").read_text())
+    assert registered["reranker.method"] == "vip5"
+    last = sh("/", sys.executable, "-c", script, stdout_only=True).strip().splitlines()[-1]
+    assert last.startswith("5 5 "), last
+    sh(project, sys.executable, "-m", "stages.cli", "train-rerank", "--rerank_mode", "ground_truth")
+    metrics = json.loads((vip5 / "metrics.json").read_text())
+    assert metrics["mode"] == "ground_truth" and metrics["users"] > 0 and "test/ndcg_at_10" in metrics

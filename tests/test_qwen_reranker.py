@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import TEST_DEVICE, tiny_config
 
 from recsys_core.data.store import Sequences
 from recsys_core.errors import ConfigError, MissingArtifactError
@@ -38,7 +38,7 @@ def make(tiny_dir, items=None, **overrides):
     hparams = QwenReranker.hyperparameters(cfg, "test")
     hparams["examples_per_user"] = None  # every prefix: the task is small
     seed_everything(0)
-    return QwenReranker(GOLDEN + PLAIN, hparams, "cpu", items=items)
+    return QwenReranker(GOLDEN + PLAIN, hparams, TEST_DEVICE, items=items)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_lora_learns_the_task_only_adapters_change_and_the_adapter_reloads(tiny_
                  "tokenizer/tokenizer.json"):  # fmt: skip
         assert (tmp_path / "saved" / name).is_file(), name
     assert not list((tmp_path / "saved").glob("model.safetensors"))
-    again = QwenReranker.load(tmp_path / "saved")
+    again = QwenReranker.load(tmp_path / "saved", TEST_DEVICE)
     assert again.hparams["labels"] == ["A", "B", "C", "D", "E"] and again.hparams["model"] == str(tiny_dir.resolve())
     torch.testing.assert_close(reranker.score(test.histories[:8], test.candidates[:8]),
                                again.score(test.histories[:8], test.candidates[:8]), rtol=0, atol=0)  # fmt: skip

@@ -153,10 +153,15 @@ def test_bad_flag_values_exit_with_usage(workdir, flag):
 
 
 def test_tiny_model_command_writes_a_loadable_smoke_model(tmp_path, capsys):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     assert run("tiny-model", "--arch", "qwen3", "--out", str(tmp_path / "smoke"), "--vocab", "bytes") == 0
     assert "not a recommender" in capsys.readouterr().out
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "smoke", local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "smoke", local_files_only=True)
     assert model.config.model_type == "qwen3" and len(tokenizer("Toy Story")["input_ids"]) > 0
+    assert run("tiny-model", "--arch", "t5", "--out", str(tmp_path / "t5")) == 0
+    assert "--vip5_model" in capsys.readouterr().out
+    t5 = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "t5", local_files_only=True)
+    t5_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "t5", local_files_only=True)
+    assert t5.config.model_type == "t5" and t5_tokenizer.pad_token_id == 0 and t5_tokenizer("item_12").input_ids

@@ -48,7 +48,7 @@ def _missing(model_id: str, why: str) -> MissingArtifactError:
     )
 
 
-def _is_cached(model_id: str) -> bool:
+def is_cached(model_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
@@ -61,7 +61,7 @@ def _is_cached(model_id: str) -> bool:
 def _local_only(model_id: str) -> bool:
     """Whether ``model_id`` (a hub id) must be read with local_files_only: True when cached, offline or the hub is
     unreachable (and then only if it is cached; else MissingArtifactError at once)."""
-    if _is_cached(model_id):
+    if is_cached(model_id):
         return True
     if hub_offline():
         raise _missing(model_id, "HF_HUB_OFFLINE is set, so nothing is downloaded")
