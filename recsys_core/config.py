@@ -70,7 +70,14 @@ class FeaturesConfig(Section):
         "all-MiniLM-L6-v2", description="item text embeddings: sentence MiniLM (384-d, offline) or CLIP text"
     )
     embedding_batch_size: int = Field(64, ge=1)
-    semantic_summary_batch_size: int = Field(4, ge=1)
+    caption_model: str = Field("Salesforce/blip2-opt-2.7b", description="BLIP-2 id or local folder (captions stage)")
+    caption_batch_size: int = Field(8, ge=1, description="images per BLIP-2 generate call")
+    caption_max_new_tokens: int = Field(30, ge=1)
+    summary_model: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="Qwen3-VL id or local folder (summaries)")
+    semantic_summary_batch_size: int = Field(4, ge=1, description="items per Qwen3-VL generate call")
+    summary_max_new_tokens: int = Field(160, ge=8, description="new tokens for the full semantic summary")
+    vl_min_pixels: int = Field(1024, ge=256, description="Qwen3-VL image resolution floor (pixels)")
+    vl_max_pixels: int = Field(50176, ge=1024, description="Qwen3-VL image resolution cap (224x224 = 49 tokens)")
 
 
 class RetrievalConfig(Section):
@@ -188,6 +195,10 @@ class LLMConfig(Section):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] = Field(
         ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, description="module names that get LoRA adapters"
+    )
+    qwen3vl_model: str = Field("Qwen/Qwen3-VL-2B-Instruct", description="the qwen3vl reranker's model id or folder")
+    qwen3vl_missing_image: Literal["placeholder", "error"] = Field(
+        "placeholder", description="raw_image mode, item without an image: a '(no image)' text, or stop"
     )
 
 

@@ -8,7 +8,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,26 @@ def staged_directory(dest: Path) -> Iterator[Path]:
                 os.replace(item, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def write_model_folder(out: Path, parts: Sequence[Any], note: dict[str, Any]) -> Path:
+    """Write a whole model folder: each of ``parts`` (a model, its tokenizer or processor: anything with
+    ``save_pretrained``) and ``smoke_model.json`` (``note``) are saved in a scratch folder beside ``out``, which then
+    replaces ``out`` as a whole, so that a reader never sees half a model or a mix of two."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        os.chmod(tmp, DIR_MODE)  # mkdtemp makes it private; the model folder gets a plain folder's mode
+        for part in parts:
+            part.save_pretrained(tmp)
+        (tmp / "smoke_model.json").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -9,6 +9,7 @@ import yaml
 
 from recsys_core.config import Config
 from stages import (
+    captions,
     compare,
     download,
     embeddings,
@@ -18,6 +19,7 @@ from stages import (
     prepare,
     promote,
     show_stats,
+    summaries,
     tiny_model,
     train_pipeline,
     train_rerank,
@@ -47,6 +49,11 @@ COMMANDS = {
     "images": (images.main, "download and resize the item images into data/images/{dataset}/"),
     "prepare": (prepare.main, "filter, k-core, split; write data/preprocessed/..."),
     "embeddings": (embeddings.main, "CLIP image and text embeddings of the prepared items"),
+    "captions": (captions.main, "BLIP-2 captions of the item images (--generate_caption) into blip2_captions.parquet"),
+    "summaries": (
+        summaries.main,
+        "Qwen3-VL semantic summaries (--generate_semantic_summary) into semantic_summaries.parquet",
+    ),
     "gt-candidates": (gt_candidates.main, "sample ground-truth candidate lists"),
     "data-prepare": (_data_prepare, "download + images + prepare + gt-candidates (the original data_prepare.py)"),
     "train-retrieval": (train_retrieval.main, "train the stage-1 retriever, evaluate, log to MLflow, register"),
@@ -57,7 +64,10 @@ COMMANDS = {
     "promote": (promote.main, "promote a registered retriever/reranker version to champion"),
     "stats": (show_stats.main, "print the prepared dataset's statistics"),
     "params": (_params, "print the resolved configuration"),
-    "tiny-model": (tiny_model.main, "write a random-weight Qwen3 smoke model with a real tokenizer (offline)"),
+    "tiny-model": (
+        tiny_model.main,
+        "write a random-weight smoke model (qwen3, qwen3vl, t5, blip2) with its tokenizer, offline",
+    ),
 }
 
 

@@ -18,9 +18,11 @@ import pandas as pd
 from recsys_core import distributed, registry, serving, tracking
 from recsys_core.candidates import load_gt_candidates, read_retrieved
 from recsys_core.config import Config
+from recsys_core.data.images import image_files
 from recsys_core.data.store import GT_CANDIDATES, INTERACTIONS, ITEMS, Sequences, load_prepared
 from recsys_core.errors import MissingArtifactError
 from recsys_core.features.store import FeatureSet, embedding_file
+from recsys_core.features.texts import attach_generated_texts
 from recsys_core.io import staged_directory
 from recsys_core.metrics import format_table, prefixed
 from recsys_core.rerank import get_reranker_class
@@ -91,6 +93,15 @@ def candidate_sets(cfg: Config, seqs: Sequences, prepared: Path,
     return from_retrieved(table, seqs, "val", k), from_retrieved(table, seqs, "test", k), examples, tags
 
 
+def item_table(items: pd.DataFrame, prepared: Path, images_dir: Path) -> pd.DataFrame:
+    """The prepared items with what the LLM rerankers may show: BLIP-2 captions and Qwen3-VL summaries (None where
+    absent) and ``image_path`` (the images stage's file, None for items without one)."""
+    table = attach_generated_texts(items, prepared)
+    files = image_files(table, images_dir)
+    table["image_path"] = [str(files[i]) if i in files else None for i in table["item_id"]]
+    return table
+
+
 def summary_rows(result: RerankResult, baseline: RerankResult | None, alone: RerankResult | None = None) -> dict:
     rows = {"reranked": result.all_users}
     if baseline is not None:
@@ -119,7 +130,8 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     device = world.device or resolve_device(cfg.training.device)
     hparams = reranker_cls.hyperparameters(cfg, code)
     features = FeatureSet(prepared, cfg.features, dataset.items)
-    reranker = reranker_cls.from_data(dataset.n_items, hparams, device, dataset.items, features)
+    items = item_table(dataset.items, prepared, paths().images(code))
+    reranker = reranker_cls.from_data(dataset.n_items, hparams, device, items, features)
     inputs = {"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS}
     if reranker.hparams.get("feature") and reranker.hparams.get("encoder"):  # VIP5's visual-token features
         feature = reranker.hparams["feature"]

@@ -17,7 +17,14 @@ from recsys_core.config import Config
 from recsys_core.training import History, LoopSettings
 
 SERVING_REQUIREMENTS = ("torch", "numpy", "pandas", "safetensors", "pydantic", "pyyaml", "tqdm", "mlflow")
-LLM_REQUIREMENTS = ("transformers", "tokenizers", "peft", "accelerate")  # what an LLM reranker needs besides
+LLM_REQUIREMENTS = (
+    "transformers",
+    "tokenizers",
+    "peft",
+    "accelerate",
+    "pillow",
+    "torchvision",
+)  # what an LLM reranker needs besides
 # The trained model's files inside an experiment folder (a DVC output): weights + config.json, or for an LLM
 # reranker the adapter, tokenizer and item texts.
 MODEL_DIR = "model"

@@ -14,7 +14,9 @@ import yaml
 from conftest import REPO, random_log
 from PIL import Image
 
+from recsys_core.features.blip2_tiny import write_tiny_blip2
 from recsys_core.rerank.llm.tiny import write_tiny_qwen3
+from recsys_core.rerank.llm.tiny_vl import write_tiny_qwen3vl
 from recsys_core.rerank.t5_tiny import write_tiny_t5
 
 pytestmark = pytest.mark.slow
@@ -82,8 +84,9 @@ def test_dvc_repro_then_nothing_to_do(project, tmp_path_factory):
     assert json.loads((exp / "promotion.json").read_text())["promoted"] is True
     assert (project / "mlflow.db").exists() and (project / "mlartifacts").is_dir()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "images", "prepare", "embeddings", "gt_candidates", "train_retrieval",
-                                   "promote_retriever", "train_rerank", "promote_reranker", "evaluate_pipeline"}  # fmt: skip
+    assert set(lock["stages"]) == {"download", "images", "prepare", "embeddings", "captions", "summaries",
+                                   "gt_candidates", "train_retrieval", "promote_retriever", "train_rerank",
+                                   "promote_reranker", "evaluate_pipeline"}  # fmt: skip
     manifest = pd.read_parquet(project / "data/images/custom/manifest.parquet")
     with_image = manifest["raw_id"].str[1:].astype(int) % 3 != 0
     assert (manifest["status"] == "ok").tolist() == with_image.tolist()
@@ -187,3 +190,34 @@ def test_dvc_repro_then_nothing_to_do(project, tmp_path_factory):
     sh(project, sys.executable, "-m", "stages.cli", "train-rerank", "--rerank_mode", "ground_truth")
     metrics = json.loads((vip5 / "metrics.json").read_text())
     assert metrics["mode"] == "ground_truth" and metrics["users"] > 0 and "test/ndcg_at_10" in metrics
+
+    # Vision-language on smoke models: BLIP-2 captions and Qwen3-VL summaries as DVC stages, then the qwen3vl reranker
+    # in raw_image mode (promoted and served: its images travel with the model), then in the four text modes.
+    smoke = tmp_path_factory.mktemp("smoke")
+    blip2, vl = write_tiny_blip2(smoke / "blip2"), write_tiny_qwen3vl(smoke / "qwen3vl")
+    made = sh(project, sys.executable, "-m", "dvc", "exp", "run", "-S", "data.generate_caption=true",
+              "-S", f"features.caption_model={blip2}", "-S", "data.generate_semantic_summary=true",
+              "-S", f"features.summary_model={vl}", "-S", "features.summary_max_new_tokens=16",
+              "-S", "rerank.rerank_method=qwen3vl", "-S", f"llm.qwen3vl_model={vl}",
+              "-S", "llm.qwen_mode=raw_image", "-S", "rerank.rerank_epochs=1")  # fmt: skip
+    for stage in ("captions", "summaries", "train_rerank"):
+        assert f"Running stage '{stage}'" in made, stage
+    with_images = set(manifest.loc[manifest["status"] == "ok", "raw_id"])
+    captions = pd.read_parquet(prep / "blip2_captions.parquet")
+    assert set(captions["raw_id"]) == with_images and captions["caption"].str.len().gt(0).all()
+    summaries = pd.read_parquet(prep / "semantic_summaries.parquet")
+    assert with_images <= set(summaries["raw_id"]) and summaries["semantic_summary_small"].str.len().gt(0).all()
+    vl_out = project / "experiments/rerank/qwen3vl/custom/seed42"
+    assert (vl_out / "model/adapter/adapter_model.safetensors").exists() and any((vl_out / "model/images").iterdir())
+    version = json.loads((vl_out / "registered.json").read_text())["version"]
+    sh(project, sys.executable, "-m", "stages.cli", "promote", "reranker", "--version", str(version), "--force")
+    sh(project, sys.executable, "-m", "stages.cli", "evaluate-pipeline")
+    registered = json.loads((project / "experiments/pipeline/custom/seed42/registered.json").read_text())
+    assert registered["reranker.method"] == "qwen3vl"
+    last = sh("/", sys.executable, "-c", script, stdout_only=True).strip().splitlines()[-1]
+    assert last.startswith("5 5 "), last
+    for mode in ("text_only", "caption", "semantic_summary", "semantic_summary_small"):
+        again = sh(project, sys.executable, "-m", "dvc", "exp", "run", "-S", f"llm.qwen_mode={mode}")
+        assert "Running stage 'train_rerank'" in again and "Running stage 'captions'" not in again, mode
+        assert json.loads((vl_out / "registered.json").read_text())["version"] > version
+        version = json.loads((vl_out / "registered.json").read_text())["version"]

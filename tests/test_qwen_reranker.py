@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import TEST_DEVICE, tiny_config
@@ -112,13 +113,18 @@ def test_gguf_file_without_the_gguf_package_says_how_to_install(tmp_path):
         load_causal_lm(str(path), "cpu")
 
 
-def test_only_text_only_mode_is_this_rerankers():
+def test_text_modes_read_generated_texts_and_raw_image_is_the_vl_rerankers(tiny_dir):
     check_mode("text_only")
     with pytest.raises(ConfigError, match="qwen3vl"):
         check_mode("raw_image")
-    for mode in ("caption", "semantic_summary", "semantic_summary_small"):
-        with pytest.raises(MissingArtifactError, match="vision-language stage"):
-            QwenReranker.hyperparameters(tiny_config(**{"llm.qwen_mode": mode}), "test")
+    items = pd.DataFrame({"item_id": [1, 2], "raw_id": ["a", "b"], "title": ["Red shoe", "Blue hat"],
+                          "caption": ["a red shoe on white", None], "semantic_summary": [None, None],
+                          "semantic_summary_small": [None, None]})  # fmt: skip
+    reranker = make(tiny_dir, items=items, **{"llm.qwen_mode": "caption"})
+    assert reranker.item_texts == {1: "Red shoe. a red shoe on white", 2: "Blue hat"}  # no caption: the title
+    with pytest.raises(MissingArtifactError, match="generate_semantic_summary"):
+        reranker.hparams["mode"] = "semantic_summary"
+        reranker.set_items(items)
 
 
 def test_hyperparameters_come_from_the_config(tiny_dir):

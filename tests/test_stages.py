@@ -153,7 +153,7 @@ def test_bad_flag_values_exit_with_usage(workdir, flag):
 
 
 def test_tiny_model_command_writes_a_loadable_smoke_model(tmp_path, capsys):
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoProcessor, AutoTokenizer
 
     assert run("tiny-model", "--arch", "qwen3", "--out", str(tmp_path / "smoke"), "--vocab", "bytes") == 0
     assert "not a recommender" in capsys.readouterr().out
@@ -165,3 +165,6 @@ def test_tiny_model_command_writes_a_loadable_smoke_model(tmp_path, capsys):
     t5 = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "t5", local_files_only=True)
     t5_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "t5", local_files_only=True)
     assert t5.config.model_type == "t5" and t5_tokenizer.pad_token_id == 0 and t5_tokenizer("item_12").input_ids
+    assert run("tiny-model", "--arch", "blip2", "--out", str(tmp_path / "blip2")) == 0
+    assert "--caption_model" in capsys.readouterr().out
+    assert AutoProcessor.from_pretrained(tmp_path / "blip2", local_files_only=True) is not None

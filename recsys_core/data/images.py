@@ -143,6 +143,23 @@ def usable_raw_ids(manifest: pd.DataFrame) -> set[str]:
     return set(manifest.loc[manifest["status"] == "ok", "raw_id"].astype(str))
 
 
+def image_files(items: pd.DataFrame, dest: Path) -> dict[int, Path]:
+    """item_id -> its saved picture in ``dest`` (the images stage's folder), for the items whose status is ok and
+    whose file exists; items without one are absent (callers decide: skip, placeholder or error). No manifest at all
+    (a dataset without images, or the stage not run) gives an empty mapping."""
+    dest = Path(dest)
+    if not (dest / MANIFEST).is_file():
+        return {}
+    manifest = load_manifest(dest)
+    ok = manifest[manifest["status"] == "ok"].set_index("raw_id")["file"]
+    found = {}
+    for item_id, raw_id in zip(items["item_id"], items["raw_id"].astype(str), strict=True):
+        name = ok.get(raw_id)
+        if name and (dest / name).is_file():
+            found[int(item_id)] = dest / name
+    return found
+
+
 def file_name(raw_id: str) -> str:
     """The file stem for an item: its raw id when filesystem-safe, else a sha1 hex prefix of it."""
     if _SAFE_NAME.fullmatch(raw_id) and raw_id not in (".", ".."):

@@ -6,11 +6,13 @@ from recsys_core.errors import ConfigError
 from recsys_core.rerank.base import Reranker
 from recsys_core.rerank.bert4rec import BERT4Rec
 from recsys_core.rerank.qwen import QwenReranker
+from recsys_core.rerank.qwen3vl import Qwen3VLReranker
 from recsys_core.rerank.vip5 import VIP5Reranker
 
 RERANKERS: dict[str, type[Reranker]] = {
     "bert4rec": BERT4Rec,
     "qwen": QwenReranker,
+    "qwen3vl": Qwen3VLReranker,
     "vip5": VIP5Reranker,
 }
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,3 +39,27 @@ class Reranker(SavedModel):
     @abstractmethod
     def score(self, histories: list[np.ndarray], candidates: np.ndarray) -> torch.Tensor:
         """(B, K) scores for the (B, K) candidate ids (0 = empty slot, scored -inf by the caller)."""
+
+
+def score_in_batches(model: torch.nn.Module, candidates: np.ndarray, batch_size: int,
+                     score_rows: Callable[[list[int], list[np.ndarray]], torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    """(B, K) scores with -inf in empty slots (id 0), for rerankers that score whole lists per forward pass: the rows
+    holding a candidate go in batches of ``batch_size`` to ``score_rows(rows, slots)`` (``slots[i]``: the indices of
+    row i's real candidates), which returns one score per real candidate, in slot order, padded to a common width.
+    The model runs in inference mode without gradients and gets its train / eval mode back."""
+    cands = np.asarray(candidates, dtype=np.int64)
+    out = torch.full(cands.shape, -torch.inf)
+    rows = [b for b in range(len(cands)) if (cands[b] != 0).any()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), max(1, batch_size)):
+                chunk = rows[start : start + max(1, batch_size)]
+                slots = [np.flatnonzero(cands[b]) for b in chunk]
+                scores = score_rows(chunk, slots).float().cpu()
+                for i, (b, s) in enumerate(zip(chunk, slots, strict=True)):
+                    out[b, torch.as_tensor(s)] = scores[i, : len(s)]
+    finally:
+        model.train(was_training)
+    return out

@@ -35,12 +35,13 @@ from recsys_core.errors import ConfigError, MissingArtifactError
 from recsys_core.features.store import FeatureSet
 from recsys_core.io import atomic_path
 from recsys_core.model_base import CONFIG
-from recsys_core.rerank.base import Reranker
+from recsys_core.rerank.base import Reranker, score_in_batches
 from recsys_core.rerank.data import CandidateSet, ExampleSource, GroundTruthExamples
 from recsys_core.rerank.evaluate import evaluate_lists
 from recsys_core.rerank.llm.labels import Label, choose_labels, label_ids
 from recsys_core.rerank.llm.model import COMPILE_PAD_MULTIPLE, compile_layers, load_causal_lm, resolve_model_id
 from recsys_core.rerank.llm.prompt import Prompt, build_prompts, left_pad
+from recsys_core.rerank.trainable import TrainableWeights
 from recsys_core.training import EpochCallback, History, LoopSettings, fit
 
 log = logging.getLogger(__name__)
@@ -55,49 +56,24 @@ DEFAULT_EXAMPLES_PER_USER = 1
 
 
 def check_mode(mode: str) -> None:
-    """Only ``text_only`` is this reranker's; the other modes need inputs no stage makes yet, or another reranker."""
-    if mode == "text_only":
-        return
+    """The text modes are this reranker's (titles, or titles with BLIP-2 captions / Qwen3-VL summaries); raw_image
+    needs a model that sees images."""
     if mode == "raw_image":
         raise ConfigError(
             "llm.qwen_mode 'raw_image' feeds item images to a vision-language model: that is the qwen3vl reranker "
-            "(--rerank_method qwen3vl), not 'qwen'; the qwen reranker reads item titles (--qwen_mode text_only)"
+            "(--rerank_method qwen3vl), not 'qwen'; the qwen reranker reads item texts (text_only, caption, "
+            "semantic_summary, semantic_summary_small)"
         )
-    raise MissingArtifactError(
-        f"llm.qwen_mode {mode!r} reads item captions / semantic summaries that a vision-language stage (Qwen3-VL "
-        "describing the item images) writes, and that stage is not built yet; use --qwen_mode text_only"
-    )
 
 
-def item_texts_of(items: pd.DataFrame | Mapping[int, str]) -> dict[int, str]:
-    """id -> prompt text: the items frame's title (its ``text`` column where the title is empty), or a mapping."""
+def item_texts_of(items: pd.DataFrame | Mapping[int, str], mode: str = "text_only") -> dict[int, str]:
+    """id -> prompt text: from the items frame by mode (``features.texts.texts_for_mode``: the title, with the
+    caption or summary the frame's generated-text columns hold), or a ready mapping."""
     if isinstance(items, pd.DataFrame):
-        if "item_id" not in items or "title" not in items:
-            raise ConfigError("the items frame needs item_id and title columns (data/preprocessed/.../items.parquet)")
-        titles = items["title"].fillna("").astype(str)
-        if "text" in items:
-            titles = titles.where(titles.str.strip() != "", items["text"].fillna("").astype(str))
-        return {int(i): t for i, t in zip(items["item_id"], titles, strict=True)}
+        from recsys_core.features.texts import texts_for_mode
+
+        return texts_for_mode(items, mode)
     return {int(k): "" if v is None else str(v) for k, v in items.items()}
-
-
-class _TrainableWeights(nn.Module):
-    """What the training loop sees: the trainable (LoRA) parameters only, shared with the network, so that the
-    loop's best-weights copies and checkpoints hold the adapter and not the frozen base model. Switching train and
-    inference mode reaches the whole network (LoRA dropout)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        named = {n.replace(".", "__"): p for n, p in net.named_parameters() if p.requires_grad}
-        if not named:
-            raise ConfigError("no trainable parameter: check llm.lora_target_modules")
-        self.weights = nn.ParameterDict(named)
-        object.__setattr__(self, "net", net)  # not a submodule: its frozen weights stay out of state_dict()
-
-    def train(self, mode: bool = True) -> _TrainableWeights:
-        super().train(mode)
-        self.net.train(mode)
-        return self
 
 
 class QwenReranker(Reranker):
@@ -165,7 +141,7 @@ class QwenReranker(Reranker):
             net = get_peft_model(base, lora)
         except ValueError as err:
             raise ConfigError(f"llm.lora_target_modules {h['lora_target_modules']}: {err}") from err
-        self.trainable = _TrainableWeights(net)
+        self.trainable = TrainableWeights(net, "check llm.lora_target_modules")
         self._pad_multiple = 1
         if h.get("use_torch_compile"):
             compile_layers(net)
@@ -175,8 +151,9 @@ class QwenReranker(Reranker):
     # ---- items and prompts ----
 
     def set_items(self, items: pd.DataFrame | Mapping[int, str]) -> None:
-        """The texts the prompts show: the prepared items frame (item_id, title) or a mapping id -> text."""
-        self.item_texts = item_texts_of(items)
+        """The texts the prompts show: the prepared items frame (item_id, title, and the generated-text columns of
+        ``features.texts.attach_generated_texts`` for the caption / summary modes) or a mapping id -> text."""
+        self.item_texts = item_texts_of(items, self.hparams.get("mode", "text_only"))
 
     def _texts(self, ids) -> list[str]:
         return [self.item_texts.get(int(i), "") for i in ids]
@@ -213,24 +190,12 @@ class QwenReranker(Reranker):
     def score(self, histories: list[np.ndarray], candidates: np.ndarray) -> torch.Tensor:
         cands = np.asarray(candidates, dtype=np.int64)
         self._check_ready(cands.shape[1])
-        out = torch.full(cands.shape, -torch.inf)
-        rows = [b for b in range(len(cands)) if (cands[b] != 0).any()]
-        step = max(1, int(self.hparams.get("score_batch_size", 16)))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                for start in range(0, len(rows), step):
-                    chunk = rows[start : start + step]
-                    slots = [np.flatnonzero(cands[b]) for b in chunk]
-                    logits = self.answer_logits(self.prompts([histories[b] for b in chunk],
-                                                             [cands[b][s] for b, s in zip(chunk, slots, strict=True)]))  # fmt: skip
-                    picked = logits[:, self._label_tokens].cpu()
-                    for i, (b, s) in enumerate(zip(chunk, slots, strict=True)):
-                        out[b, torch.as_tensor(s)] = picked[i, : len(s)]
-        finally:
-            self.model.train(was_training)
-        return out
+
+        def label_logits(rows: list[int], slots: list[np.ndarray]) -> torch.Tensor:
+            lists = [cands[b][s] for b, s in zip(rows, slots, strict=True)]
+            return self.answer_logits(self.prompts([histories[b] for b in rows], lists))[:, self._label_tokens]
+
+        return score_in_batches(self.model, cands, int(self.hparams.get("score_batch_size", 16)), label_logits)
 
     # ---- training ----
 
@@ -302,7 +267,7 @@ class QwenReranker(Reranker):
         folder = Path(folder)
         for name in (CONFIG, f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", TOKENIZER_DIR, ITEMS_FILE):
             if not (folder / name).exists():
-                raise MissingArtifactError(f"{folder / name} is missing; train the qwen reranker first")
+                raise MissingArtifactError(f"{folder / name} is missing; train the {cls.method} reranker first")
         meta = json.loads((folder / CONFIG).read_text())
         if meta["method"] != cls.method:
             raise MissingArtifactError(f"{folder} holds a {meta['method']!r} model, not {cls.method!r}")

@@ -12,15 +12,10 @@ T5-style tokenizer: a Unigram model over "▁"-prefixed pieces (as SentencePiece
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import string
-import tempfile
-import uuid
 from pathlib import Path
 
-from recsys_core.io import DIR_MODE
+from recsys_core.io import write_model_folder
 
 TINY_T5_SIZES = {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4}
 # t5-small's published configuration (config.json of google-t5/t5-small), for benchmarks with random weights.
@@ -100,20 +95,6 @@ def write_tiny_t5(out: Path, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = T5ForConditionalGeneration(config).eval()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        os.chmod(tmp, DIR_MODE)  # mkdtemp makes it private; the model folder gets a plain folder's mode
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        note = {"what": "smoke model for offline pipelines: random weights, not a recommender", "arch": "t5",
-                "seed": seed, "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
-        (tmp / "smoke_model.json").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    note = {"what": "smoke model for offline pipelines: random weights, not a recommender", "arch": "t5",
+            "seed": seed, "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    return write_model_folder(out, [model, tokenizer], note)

@@ -32,9 +32,10 @@ from recsys_core.errors import ConfigError, MissingArtifactError
 from recsys_core.features.store import FeatureSet
 from recsys_core.io import atomic_path
 from recsys_core.model_base import CONFIG, WEIGHTS
-from recsys_core.rerank.base import Reranker
+from recsys_core.rerank.base import Reranker, score_in_batches
 from recsys_core.rerank.data import CandidateSet, ExampleSource, GroundTruthExamples
 from recsys_core.rerank.evaluate import evaluate_lists
+from recsys_core.rerank.trainable import TrainableWeights
 from recsys_core.rerank.vip5_model import PromptBuilder, VIP5Net, collate, load_t5, resolve_t5
 from recsys_core.training import EpochCallback, History, LoopSettings, fit
 
@@ -45,21 +46,6 @@ TOKENIZER_DIR = "tokenizer"
 # Training prefixes per user and epoch (the most recent ones), as the Qwen reranker: T5 forwards cost far more than
 # BERT4Rec's; None = every prefix.
 DEFAULT_EXAMPLES_PER_USER = 1
-
-
-class _TrainableWeights(nn.Module):
-    """What the training loop sees: the trainable parameters only (shared with the network), so best-weight copies
-    and checkpoints leave the frozen backbone out; train/eval mode reaches the whole network (T5 dropout)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.weights = nn.ParameterDict({n.replace(".", "__"): p for n, p in net.named_parameters() if p.requires_grad})
-        object.__setattr__(self, "net", net)  # not a submodule: its frozen weights stay out of state_dict()
-
-    def train(self, mode: bool = True) -> _TrainableWeights:
-        super().train(mode)
-        self.net.train(mode)
-        return self
 
 
 class VIP5Reranker(Reranker):
@@ -109,7 +95,7 @@ class VIP5Reranker(Reranker):
         self.prompts = PromptBuilder(tokenizer, self.n_items, n_visual, int(h["max_history"]), max_length)
         net = VIP5Net(backbone, int(h["feature_dim"]), self.n_items, n_visual, int(h["reduction_factor"]),
                       max_length + 1, bool(h["unfreeze_layer_norms"])).to(self.device).eval()  # fmt: skip
-        self.trainable = _TrainableWeights(net)
+        self.trainable = TrainableWeights(net)
         return net
 
     def set_features(self, vectors: torch.Tensor) -> None:
@@ -142,25 +128,13 @@ class VIP5Reranker(Reranker):
         if not self._has_features:
             raise MissingArtifactError(_NEEDS_FEATURES)
         cands = np.asarray(candidates, dtype=np.int64)
-        out = torch.full(cands.shape, -torch.inf)
-        rows = [b for b in range(len(cands)) if (cands[b] != 0).any()]
-        step = max(1, int(self.hparams.get("score_batch_size", 16)))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                for start in range(0, len(rows), step):
-                    chunk = rows[start : start + step]
-                    slots = [np.flatnonzero(cands[b]) for b in chunk]
-                    batch = self._batch([histories[b] for b in chunk], [cands[b] for b in chunk])
-                    targets = self._targets([cands[b][s] for b, s in zip(chunk, slots, strict=True)])
-                    sums = self.model.target_logprobs(self.model.encode(batch), batch.attention_mask, targets)
-                    sums = sums.sum(-1).cpu()
-                    for i, (b, s) in enumerate(zip(chunk, slots, strict=True)):
-                        out[b, torch.as_tensor(s)] = sums[i, : len(s)]
-        finally:
-            self.model.train(was_training)
-        return out
+
+        def likelihoods(rows: list[int], slots: list[np.ndarray]) -> torch.Tensor:
+            batch = self._batch([histories[b] for b in rows], [cands[b] for b in rows])
+            targets = self._targets([cands[b][s] for b, s in zip(rows, slots, strict=True)])
+            return self.model.target_logprobs(self.model.encode(batch), batch.attention_mask, targets).sum(-1)
+
+        return score_in_batches(self.model, cands, int(self.hparams.get("score_batch_size", 16)), likelihoods)
 
     # ---- training ----
 

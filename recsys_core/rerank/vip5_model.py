@@ -19,9 +19,7 @@ never cut; the oldest history items are dropped first when the prompt would exce
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_core.errors import ConfigError, MissingArtifactError
-from recsys_core.features.clip import DEFAULT_ENDPOINT, hf_hub_cache, hub_offline, unreachable
-from recsys_core.rerank.llm.model import is_cached
+from recsys_core import hub
+from recsys_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +36,6 @@ HEAD = "Given the following interaction history :"
 MIDDLE = ", which item of the following to recommend next ?"
 SEPARATOR = ","
 VISUAL_PLACEHOLDER = "<extra_id_0>"
-TINY_HINT = "`recsys tiny-model --arch t5 --out DIR` writes an offline smoke model (random weights) to pass instead"
 
 
 def item_text(item: int) -> str:
@@ -49,26 +45,12 @@ def item_text(item: int) -> str:
 # ---- loading ----
 
 
+T5_MODEL = hub.ModelSetting("vip5.vip5_model", "the T5 backbone", "t5")
+
+
 def resolve_t5(name: str) -> str:
     """A local folder -> its absolute path; anything else is taken as a Hugging Face id (``t5-small``)."""
-    name = str(name).strip()
-    if not name:
-        raise ConfigError(f"vip5.vip5_model is empty: give a T5 id (t5-small) or a model folder; {TINY_HINT}")
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if name.startswith((".", "/", "~")):
-        raise MissingArtifactError(f"vip5.vip5_model {name!r}: no such model folder; {TINY_HINT}")
-    return name
-
-
-def _missing(model_id: str, why: str) -> MissingArtifactError:
-    return MissingArtifactError(
-        f"the T5 backbone {model_id!r} (vip5.vip5_model) is not available: not in the Hugging Face cache "
-        f"{hf_hub_cache()}, and {why}. Provide it: on a connected machine run `huggingface-cli download {model_id}` "
-        f"with HF_HOME=<dir> and copy <dir>/hub to {hf_hub_cache()} here (HF_HOME / HF_HUB_CACHE choose that "
-        f"folder), or pass --vip5_model /path/to/dir, a folder holding the model; {TINY_HINT}."
-    )
+    return hub.resolve(name, T5_MODEL)
 
 
 def load_t5(name: str, device: Any = "cpu") -> tuple[Any, Any]:
@@ -77,14 +59,7 @@ def load_t5(name: str, device: Any = "cpu") -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoTokenizer, T5ForConditionalGeneration
 
     source = resolve_t5(name)
-    kwargs: dict[str, Any] = {}
-    if not Path(source).is_dir():
-        if is_cached(source):
-            kwargs["local_files_only"] = True
-        elif hub_offline():
-            raise _missing(source, "HF_HUB_OFFLINE is set, so nothing is downloaded")
-        elif why := unreachable(f"{os.environ.get('HF_ENDPOINT', DEFAULT_ENDPOINT).rstrip('/')}/api/models/{source}"):
-            raise _missing(source, why)
+    kwargs = hub.hub_kwargs(source, T5_MODEL)
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
         if config.model_type != "t5":
@@ -92,7 +67,7 @@ def load_t5(name: str, device: Any = "cpu") -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = T5ForConditionalGeneration.from_pretrained(source, dtype=torch.float32, **kwargs)
     except OSError as err:
-        raise _missing(source, f"loading it failed ({err})") from err
+        raise hub.missing(source, f"loading it failed ({err})", T5_MODEL) from err
     return model.to(device).eval(), tokenizer
 
 

@@ -8,68 +8,26 @@ MissingArtifactError that says how to provide the model. torch / transformers ar
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from recsys_core import hub
 from recsys_core.errors import ConfigError, MissingArtifactError
-from recsys_core.features.clip import DEFAULT_ENDPOINT, hf_hub_cache, hub_offline, unreachable
+from recsys_core.hub import GGUF_SUFFIX
 
 log = logging.getLogger(__name__)
 
 # Short names of params.yaml (llm.qwen_model). No Qwen3-1.6B was published: "qwen3-1.6b" is the 1.7B model.
 MODEL_ALIASES = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.6b": "Qwen/Qwen3-1.7B", "qwen3-1.7b": "Qwen/Qwen3-1.7B"}
-GGUF_SUFFIX = ".gguf"
 
 
-def resolve_model_id(name: str) -> str:
+QWEN_MODEL = hub.ModelSetting("llm.qwen_model", "the language model", "qwen3")
+
+
+def resolve_model_id(name: str, setting: hub.ModelSetting = QWEN_MODEL) -> str:
     """A short name -> its Hugging Face id; a local folder or .gguf file -> its absolute path; else ``name`` as a
     Hugging Face id."""
-    name = str(name).strip()
-    if not name:
-        raise ConfigError("llm.qwen_model is empty: give a short name (qwen3-0.6b), a Hugging Face id or a folder")
-    if name.lower() in MODEL_ALIASES:
-        return MODEL_ALIASES[name.lower()]
-    path = Path(name).expanduser()
-    if path.is_dir() or (path.is_file() and path.suffix.lower() == GGUF_SUFFIX):
-        return str(path.resolve())
-    if name.lower().endswith(GGUF_SUFFIX) or name.startswith((".", "/", "~")):
-        raise MissingArtifactError(f"llm.qwen_model {name!r}: no such model folder or .gguf file")
-    return name
-
-
-def _missing(model_id: str, why: str) -> MissingArtifactError:
-    return MissingArtifactError(
-        f"the weights of {model_id!r} are not available: not in the Hugging Face cache {hf_hub_cache()}, and {why}. "
-        f"Provide them: on a connected machine run `huggingface-cli download {model_id}` (or `hf download "
-        f"{model_id}`) with HF_HOME=<dir>, and copy <dir>/hub to {hf_hub_cache()} here (HF_HOME / HF_HUB_CACHE "
-        f"choose that folder); or pass --qwen_model /path/to/dir, a folder holding the model (e.g. the offline "
-        f"smoke model written by `recsys tiny-model`)."
-    )
-
-
-def is_cached(model_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(model_id, "config.json", cache_dir=str(hf_hub_cache()))
-    except Exception:  # a malformed id, an unreadable cache: not cached
-        return False
-    return isinstance(found, str)
-
-
-def _local_only(model_id: str) -> bool:
-    """Whether ``model_id`` (a hub id) must be read with local_files_only: True when cached, offline or the hub is
-    unreachable (and then only if it is cached; else MissingArtifactError at once)."""
-    if is_cached(model_id):
-        return True
-    if hub_offline():
-        raise _missing(model_id, "HF_HUB_OFFLINE is set, so nothing is downloaded")
-    endpoint = os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
-    why = unreachable(f"{endpoint}/api/models/{model_id}")
-    if why:
-        raise _missing(model_id, why)
-    return False
+    return hub.resolve(name, setting, MODEL_ALIASES, gguf=True)
 
 
 def _check_gguf() -> None:
@@ -93,11 +51,7 @@ def load_causal_lm(name: str, device: Any = "cpu", use_quantization: bool = Fals
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch.device(device)
-    if use_quantization and device.type != "cuda":
-        raise ConfigError(
-            f"4-bit quantization (bitsandbytes NF4) needs a CUDA device, and the device is {device}: drop "
-            "--use_quantization (llm.use_quantization: false) to run on the CPU"
-        )
+    check_quantization(use_quantization, device)
     source = resolve_model_id(name)
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if device.type == "cuda" else torch.float32}
     tok_kwargs: dict[str, Any] = {}
@@ -106,26 +60,18 @@ def load_causal_lm(name: str, device: Any = "cpu", use_quantization: bool = Fals
         _check_gguf()
         source, kwargs["gguf_file"] = str(path.parent), path.name
         tok_kwargs["gguf_file"] = path.name
-    elif not path.is_dir():
-        if _local_only(source):
-            kwargs["local_files_only"] = tok_kwargs["local_files_only"] = True
+    elif hub_kwargs := hub.hub_kwargs(source, QWEN_MODEL):
+        kwargs.update(hub_kwargs)
+        tok_kwargs.update(hub_kwargs)
     if use_quantization:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_use_double_quant=True,
-        )
-        kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
+        kwargs.update(nf4_kwargs(device))
     log.info("loading %s (%s%s)", source, kwargs["dtype"], ", 4-bit NF4" if use_quantization else "")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
         if kwargs.get("local_files_only"):
-            raise _missing(source, f"the cached copy is incomplete ({err})") from err
+            raise hub.missing(source, f"the cached copy is incomplete ({err})", QWEN_MODEL) from err
         raise MissingArtifactError(f"cannot load model {source!r}: {err}") from err
     if not use_quantization:
         model = model.to(device)
@@ -135,6 +81,26 @@ def load_causal_lm(name: str, device: Any = "cpu", use_quantization: bool = Fals
     if use_torch_compile:
         compile_layers(model)
     return model, tokenizer
+
+
+def check_quantization(use_quantization: bool, device: Any) -> None:
+    if use_quantization and device.type != "cuda":
+        raise ConfigError(
+            f"4-bit quantization (bitsandbytes NF4) needs a CUDA device, and the device is {device}: drop "
+            "--use_quantization (llm.use_quantization: false) to run on the CPU"
+        )
+
+
+def nf4_kwargs(device: Any, skip_modules: list[str] | None = None) -> dict[str, Any]:
+    """``from_pretrained`` arguments for 4-bit NF4 weights (double quantization, bf16 compute) on ``device``;
+    ``skip_modules`` stay in bf16."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                                bnb_4bit_use_double_quant=True, llm_int8_skip_modules=skip_modules)  # fmt: skip
+    return {"quantization_config": config,
+            "device_map": {"": device.index if device.index is not None else torch.cuda.current_device()}}  # fmt: skip
 
 
 # Prompts are padded to a multiple of this many tokens when the model is compiled, so that the compiled kernels

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 from recsys_core.errors import ConfigError
+from recsys_core.io import write_model_folder
 
 # Qwen2/Qwen3 pre-tokenizer: single digits (\p{N}, not cl100k's \p{N}{1,3}), so "10" is always two tokens.
 QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -197,23 +194,10 @@ def write_tiny_qwen3(out_dir: Path, seed: int = 0, vocab: str = "qwen") -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen3ForCausalLM(config).to(torch.bfloat16).eval()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        note = {
-            "what": "smoke model for offline pipelines: random weights, not a recommender",
-            "seed": seed,
-            "vocab": vocab,
-            "parameters": sum(p.numel() for p in model.parameters()),
-        }
-        (tmp / "smoke_model.json").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    note = {
+        "what": "smoke model for offline pipelines: random weights, not a recommender",
+        "seed": seed,
+        "vocab": vocab,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return write_model_folder(out_dir, [model, tokenizer], note)
