@@ -29,8 +29,9 @@ from stages.common import run_stage
 
 
 def _data_prepare(argv: list[str]) -> int:
-    """The original data_prepare.py: download, images, prepare and ground-truth candidates in one go (outside DVC)."""
-    for stage in (download, images, prepare, gt_candidates):
+    """The original data_prepare.py: download, images, prepare, captions and summaries (with --generate_caption /
+    --generate_semantic_summary; otherwise they load nothing) and ground-truth candidates in one go (outside DVC)."""
+    for stage in (download, images, prepare, captions, summaries, gt_candidates):
         code = stage.main(argv)
         if code:
             return code
@@ -55,7 +56,7 @@ COMMANDS = {
         "Qwen3-VL semantic summaries (--generate_semantic_summary) into semantic_summaries.parquet",
     ),
     "gt-candidates": (gt_candidates.main, "sample ground-truth candidate lists"),
-    "data-prepare": (_data_prepare, "download + images + prepare + gt-candidates (the original data_prepare.py)"),
+    "data-prepare": (_data_prepare, "download, images, prepare, captions, summaries, gt-candidates (the original data_prepare.py)"),
     "train-retrieval": (train_retrieval.main, "train the stage-1 retriever, evaluate, log to MLflow, register"),
     "train-rerank": (train_rerank.main, "train the stage-2 reranker, evaluate on candidate lists, register"),
     "evaluate-pipeline": (evaluate_pipeline.main, "run the champion retriever + reranker, register the two-stage"),

@@ -54,10 +54,14 @@ def test_download_prepare_candidates(workdir, capsys):
     assert not list((workdir / "data/preprocessed").glob(".*"))  # no scratch folders left
 
 
-def test_data_prepare_runs_all_three(workdir):
+def test_data_prepare_runs_every_data_stage(workdir):
     place_beauty(workdir)
     assert run("data-prepare", *FLAGS) == 0
     assert (workdir / PREP / GT_CANDIDATES).exists() and (workdir / PREP / "dataset_single_export.csv").exists()
+    # captions and summaries are off by default: empty tables, no model loaded
+    assert (workdir / PREP / "blip2_captions.parquet").exists() and (
+        workdir / PREP / "semantic_summaries.parquet"
+    ).exists()
 
 
 def test_truncated_gzip(workdir, caplog):
