@@ -56,7 +56,7 @@ COMMANDS = {
         "Qwen3-VL semantic summaries (--generate_semantic_summary) into semantic_summaries.parquet",
     ),
     "gt-candidates": (gt_candidates.main, "sample ground-truth candidate lists"),
-    "data-prepare": (_data_prepare, "download, images, prepare, captions, summaries, gt-candidates (the original data_prepare.py)"),
+    "data-prepare": (_data_prepare, "download, images, prepare, captions, summaries, gt-candidates (data_prepare.py)"),
     "train-retrieval": (train_retrieval.main, "train the stage-1 retriever, evaluate, log to MLflow, register"),
     "train-rerank": (train_rerank.main, "train the stage-2 reranker, evaluate on candidate lists, register"),
     "evaluate-pipeline": (evaluate_pipeline.main, "run the champion retriever + reranker, register the two-stage"),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,3 +63,57 @@ def score_in_batches(model: torch.nn.Module, candidates: np.ndarray, batch_size:
     finally:
         model.train(was_training)
     return out
+
+
+# Training prefixes per user and epoch for list-trained rerankers (the most recent ones): an LLM or T5 forward costs far
+# more than BERT4Rec's, so by default each user gives its last train item as the epoch's example (as LlamaRec
+# trains); hparams["examples_per_user"] = None takes every prefix.
+DEFAULT_EXAMPLES_PER_USER = 1
+
+
+def fit_on_lists(reranker: Reranker, trainable: torch.nn.Module, seqs: Sequences, val: CandidateSet,
+                 settings: LoopSettings, callbacks: Sequence[EpochCallback], ks: Sequence[int],
+                 examples: ExampleSource | None, make_batch: Callable, loss: Callable) -> History:  # fmt: skip
+    """Train a list-trained reranker with the shared loop (:class:`ListTrainingTask`); lists are as wide as the
+    validation lists and come from ``examples`` (default: the true item + random negatives)."""
+    from recsys_core.rerank.data import GroundTruthExamples
+    from recsys_core.training import fit
+
+    examples = examples if examples is not None else GroundTruthExamples(seqs, reranker.n_items)
+    per_user = reranker.hparams.get("examples_per_user", DEFAULT_EXAMPLES_PER_USER)
+    task = ListTrainingTask(trainable, examples, int(val.candidates.shape[1]), per_user, settings.batch_size,
+                            make_batch, loss, reranker.score, val, ks)  # fmt: skip
+    return fit(task, settings, reranker.device, callbacks)
+
+
+class ListTrainingTask:
+    """The shared loop's task for rerankers trained on candidate lists (the LLM ones, VIP5): each epoch draws lists
+    as wide as the validation lists from ``examples`` with the epoch's generator (fresh negatives or a fresh order
+    every epoch), shuffles them into batches that ``make_batch(histories, lists, target_index)`` turns into model
+    inputs, minimises ``loss(batch)`` with AdamW over ``trainable``'s parameters, and validates by reranking the
+    validation lists with ``score``."""
+
+    def __init__(self, trainable: torch.nn.Module, examples: ExampleSource, width: int, per_user: int | None,
+                 batch_size: int, make_batch: Callable, loss: Callable, score: Callable, val: CandidateSet,
+                 ks: Sequence[int]):  # fmt: skip
+        self.model = trainable
+        self.examples, self.width, self.per_user, self.batch_size = examples, width, per_user, batch_size
+        self.make_batch, self.loss, self.score, self.val, self.ks = make_batch, loss, score, val, ks
+
+    def optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0)
+
+    def batches(self, epoch: int, rng: np.random.Generator) -> Iterator:
+        ex = self.examples.draw(self.width, rng, self.per_user)
+        if not len(ex.users):
+            raise ValueError("no training example: no train sequence has two or more items (or, in retrieval mode, "
+                             "the retriever never retrieved a train prefix's next item)")  # fmt: skip
+        order = rng.permutation(len(ex.users))
+        for start in range(0, len(order), self.batch_size):
+            ids = order[start : start + self.batch_size]
+            yield self.make_batch([ex.histories[i] for i in ids], ex.candidates[ids], ex.target_index[ids])
+
+    def validate(self) -> dict[str, float]:
+        from recsys_core.rerank.evaluate import evaluate_lists
+
+        return evaluate_lists(self.score, self.val, self.ks, desc="validate").all_users

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,13 @@ from recsys_core.errors import ConfigError, MissingArtifactError
 from recsys_core.features.store import FeatureSet
 from recsys_core.io import atomic_path
 from recsys_core.model_base import CONFIG
-from recsys_core.rerank.base import Reranker, score_in_batches
-from recsys_core.rerank.data import CandidateSet, ExampleSource, GroundTruthExamples
-from recsys_core.rerank.evaluate import evaluate_lists
+from recsys_core.rerank.base import DEFAULT_EXAMPLES_PER_USER, Reranker, fit_on_lists, score_in_batches
+from recsys_core.rerank.data import CandidateSet, ExampleSource
 from recsys_core.rerank.llm.labels import Label, choose_labels, label_ids
 from recsys_core.rerank.llm.model import COMPILE_PAD_MULTIPLE, compile_layers, load_causal_lm, resolve_model_id
 from recsys_core.rerank.llm.prompt import Prompt, build_prompts, left_pad
 from recsys_core.rerank.trainable import TrainableWeights
-from recsys_core.training import EpochCallback, History, LoopSettings, fit
+from recsys_core.training import EpochCallback, History, LoopSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,6 @@ ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 ITEMS_FILE = "items.json"
-# Training prefixes per user and epoch (the most recent ones): an LLM forward costs far more than BERT4Rec's, so by
-# default each user gives its last train item as the one example of an epoch (as LlamaRec trains).
-DEFAULT_EXAMPLES_PER_USER = 1
 
 
 def check_mode(mode: str) -> None:
@@ -205,41 +201,16 @@ class QwenReranker(Reranker):
         """LoRA fine-tuning on lists as wide as the validation lists, drawn from ``examples`` each epoch."""
         width = int(val.candidates.shape[1])
         self._check_ready(width)
-        examples = examples if examples is not None else GroundTruthExamples(seqs, self.n_items)
-        per_user = self.hparams.get("examples_per_user", DEFAULT_EXAMPLES_PER_USER)
-        reranker, trainable = self, self.trainable
         label_tokens = self._label_tokens[:width]
 
-        class Task:
-            def __init__(self):
-                self.model = trainable
+        def make_batch(histories, lists, target_index) -> tuple:
+            return self.prompts(histories, list(lists)), torch.as_tensor(target_index, device=self.device)
 
-            def optimizer(self, lr: float) -> torch.optim.Optimizer:
-                return torch.optim.AdamW(trainable.parameters(), lr=lr, weight_decay=0.0)
+        def loss(batch: tuple) -> torch.Tensor:  # cross-entropy over the candidates' label logits
+            prompts, targets = batch
+            return F.cross_entropy(self.answer_logits(prompts)[:, label_tokens], targets)
 
-            def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple]:
-                # fresh negatives and a fresh candidate order (so fresh labels) every epoch, from the epoch's rng
-                ex = examples.draw(width, rng, per_user)
-                if not len(ex.users):
-                    raise ValueError(
-                        "no training example: no train sequence has two or more items (or, in retrieval "
-                        "mode, the retriever never retrieved a train prefix's next item)"
-                    )
-                order = rng.permutation(len(ex.users))
-                for start in range(0, len(order), settings.batch_size):
-                    ids = order[start : start + settings.batch_size]
-                    prompts = reranker.prompts([ex.histories[i] for i in ids], [ex.candidates[i] for i in ids])
-                    yield prompts, torch.as_tensor(ex.target_index[ids], device=reranker.device)
-
-            def loss(self, batch: tuple) -> torch.Tensor:
-                prompts, targets = batch
-                logits = reranker.answer_logits(prompts)[:, label_tokens]
-                return F.cross_entropy(logits, targets)
-
-            def validate(self) -> dict[str, float]:
-                return evaluate_lists(reranker.score, val, ks, desc="validate").all_users
-
-        return fit(Task(), settings, self.device, callbacks)
+        return fit_on_lists(self, self.trainable, seqs, val, settings, callbacks, ks, examples, make_batch, loss)
 
     # ---- saving ----
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +32,16 @@ from recsys_core.errors import ConfigError, MissingArtifactError
 from recsys_core.features.store import FeatureSet
 from recsys_core.io import atomic_path
 from recsys_core.model_base import CONFIG, WEIGHTS
-from recsys_core.rerank.base import Reranker, score_in_batches
-from recsys_core.rerank.data import CandidateSet, ExampleSource, GroundTruthExamples
-from recsys_core.rerank.evaluate import evaluate_lists
+from recsys_core.rerank.base import DEFAULT_EXAMPLES_PER_USER, Reranker, fit_on_lists, score_in_batches
+from recsys_core.rerank.data import CandidateSet, ExampleSource
 from recsys_core.rerank.trainable import TrainableWeights
 from recsys_core.rerank.vip5_model import PromptBuilder, VIP5Net, collate, load_t5, resolve_t5
-from recsys_core.training import EpochCallback, History, LoopSettings, fit
+from recsys_core.training import EpochCallback, History, LoopSettings
 
 log = logging.getLogger(__name__)
 
 FEATURES_FILE = "features.safetensors"
 TOKENIZER_DIR = "tokenizer"
-# Training prefixes per user and epoch (the most recent ones), as the Qwen reranker: T5 forwards cost far more than
-# BERT4Rec's; None = every prefix.
-DEFAULT_EXAMPLES_PER_USER = 1
 
 
 class VIP5Reranker(Reranker):
@@ -144,39 +140,18 @@ class VIP5Reranker(Reranker):
         """Adapter training on lists as wide as the validation lists, drawn from ``examples`` each epoch."""
         if not self._has_features:
             raise MissingArtifactError(_NEEDS_FEATURES)
-        width = int(val.candidates.shape[1])
-        examples = examples if examples is not None else GroundTruthExamples(seqs, self.n_items)
-        per_user = self.hparams.get("examples_per_user", DEFAULT_EXAMPLES_PER_USER)
-        reranker, net, trainable = self, self.model, self.trainable
+        net = self.model
 
-        class Task:
-            def __init__(self):
-                self.model = trainable
+        def make_batch(histories, lists, target_index) -> tuple:
+            true = lists[np.arange(len(lists)), target_index]
+            return self._batch(histories, lists), self._targets(true[:, None])
 
-            def optimizer(self, lr: float) -> torch.optim.Optimizer:
-                return torch.optim.AdamW(trainable.parameters(), lr=lr, weight_decay=0.0)
+        def loss(batch: tuple) -> torch.Tensor:  # token cross-entropy of the true item's id text, per example
+            inputs, targets = batch  # targets (B, 1, T)
+            logprobs = net.target_logprobs(net.encode(inputs), inputs.attention_mask, targets)
+            return -(logprobs.sum(-1) / (targets != 0).sum(-1)).mean()
 
-            def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple]:
-                ex = examples.draw(width, rng, per_user)
-                if not len(ex.users):
-                    raise ValueError("no training example: no train sequence has two or more items (or, in retrieval "
-                                     "mode, the retriever never retrieved a train prefix's next item)")  # fmt: skip
-                order = rng.permutation(len(ex.users))
-                for start in range(0, len(order), settings.batch_size):
-                    ids = order[start : start + settings.batch_size]
-                    true = ex.candidates[ids, ex.target_index[ids]]
-                    batch = reranker._batch([ex.histories[i] for i in ids], ex.candidates[ids])
-                    yield batch, reranker._targets(true[:, None])
-
-            def loss(self, batch: tuple) -> torch.Tensor:
-                inputs, targets = batch  # targets (B, 1, T): the true item's id text
-                logprobs = net.target_logprobs(net.encode(inputs), inputs.attention_mask, targets)
-                return -(logprobs.sum(-1) / (targets != 0).sum(-1)).mean()  # token cross-entropy per example
-
-            def validate(self) -> dict[str, float]:
-                return evaluate_lists(reranker.score, val, ks, desc="validate").all_users
-
-        return fit(Task(), settings, self.device, callbacks)
+        return fit_on_lists(self, self.trainable, seqs, val, settings, callbacks, ks, examples, make_batch, loss)
 
     # ---- saving ----
 
