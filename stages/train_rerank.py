@@ -7,6 +7,7 @@ experiments/rerank/{method}/{dataset}/seed{seed}/, logs the MLflow run, register
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -87,10 +88,16 @@ def candidate_sets(cfg: Config, seqs: Sequences, prepared: Path,
         examples = GroundTruthExamples(seqs, n_items)
         return from_ground_truth(table, seqs, "val"), from_ground_truth(table, seqs, "test"), examples, tags
     table, tags = champion_candidates(cfg.data.dataset_code)
-    retriever, _ = registry.load_version(cfg.data.dataset_code, "retriever", int(tags["retriever.version"]))
     k = cfg.rerank.rerank_top_k
-    examples = RetrievedExamples(seqs, lambda histories: retriever.score(histories))
+    examples = RetrievedExamples(seqs, retriever_scores(cfg.data.dataset_code, int(tags["retriever.version"])))
     return from_retrieved(table, seqs, "val", k), from_retrieved(table, seqs, "test", k), examples, tags
+
+
+def retriever_scores(dataset: str, version: int):
+    """``histories -> scores`` of that registered retriever, loaded at the first call (only rerankers trained on
+    candidate lists ask for it; BERT4Rec never does)."""
+    loaded = functools.cache(lambda: registry.load_version(dataset, "retriever", version)[0])
+    return lambda histories: loaded().score(histories)
 
 
 def item_table(items: pd.DataFrame, prepared: Path, images_dir: Path) -> pd.DataFrame:
