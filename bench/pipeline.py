@@ -1,17 +1,23 @@
-"""Benchmark: the two-stage pipeline on ML-100K against retrieval alone, on all test users.
+"""Benchmark: every stage-2 variant against retrieval alone on the same test users, with paired 95% intervals.
 
-LRURec (published settings) retrieves the top `--retrieval_top_k` items from the whole pool; BERT4Rec (lr 1e-3,
-batch 32, dropout 0.1, up to 200 epochs: it needs long training), trained with the cloze task and early-stopped on
-validation NDCG@10 over the retrieved lists, reranks the first `--rerank_top_k`.
-Prints NDCG / Recall / Hit at 5/10/20 of both (a user whose true item was not retrieved is a miss for both), wall
-time per stage and reranking throughput. Needs the prepared ML-100K (`make run`).
+LRURec (published settings: lr 1e-3, batch 128, patience 10) retrieves the top `--retrieval_top_k` of the whole pool;
+each variant reorders the first `--rerank_top_k`:
+- `bert4rec cloze (+fusion)`: BERT4Rec trained on its cloze task, fused with the retrieval score (weight tuned on
+  validation; the grid's retriever end keeps the retriever's order) and `... alone` (its own order);
+- `bert4rec list (+fusion)`: BERT4Rec trained on the retriever's lists for train prefixes (`bert_objective`);
+- `ltr`: LightGBM lambdarank on every feature family, and `ltr -FAMILY` without each one.
+Prints one table: test NDCG / Recall at 5/10/20 over all users (a true item outside the list is a miss), the
+NDCG@10 and Recall@10 differences against retrieval with their 95% paired bootstrap interval (users resampled,
+10,000 times, seeded) and the verdict (a gain only when the interval excludes zero), and each variant's training
+seconds. Needs the prepared dataset (`recsys data-prepare --dataset_code X`, or `make run` for ml-100k).
 
-    .venv/bin/python bench/pipeline.py [--rerank_epochs 200] [--reuse]
+    .venv/bin/python bench/pipeline.py --dataset ml-100k [--reuse] [--variants bert4rec_cloze ltr ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -19,23 +25,65 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys_core.config import load_config  # noqa: E402
+from recsys_core import per_user  # noqa: E402
+from recsys_core.config import LTR_FEATURES, load_config  # noqa: E402
 from recsys_core.data.store import DataPaths, Sequences, load_prepared  # noqa: E402
 from recsys_core.evaluation import split_inputs  # noqa: E402
-from recsys_core.metrics import format_table  # noqa: E402
+from recsys_core.features.store import FeatureSet  # noqa: E402
 from recsys_core.pipeline import TwoStage  # noqa: E402
 from recsys_core.rerank.bert4rec import BERT4Rec  # noqa: E402
+from recsys_core.rerank.data import RetrievedExamples  # noqa: E402
 from recsys_core.rerank.evaluate import evaluate_lists, list_order_result  # noqa: E402
-from recsys_core.rerank.fusion import tune_weight  # noqa: E402
+from recsys_core.rerank.fusion import tune_weight, weight_label  # noqa: E402
+from recsys_core.rerank.ltr import LTRReranker  # noqa: E402
 from recsys_core.retrieval.lrurec import LRURec  # noqa: E402
 from recsys_core.training import LoopSettings, resolve_device, seed_everything  # noqa: E402
 
-OUT = ROOT / "bench" / "out"
+KS = (5, 10, 20)
+VARIANTS = ("bert4rec_cloze", "bert4rec_list", "ltr", "ltr_ablation")
+
+
+def train_retriever(cfg, dataset, seqs, device, out: Path, reuse: bool, epochs: int) -> tuple[LRURec, float]:
+    began = time.perf_counter()
+    if reuse and (out / "model.safetensors").exists():
+        return LRURec.load(out, device), 0.0
+    seed_everything(cfg.seed)
+    retriever = LRURec(dataset.n_items, LRURec.hyperparameters(cfg, cfg.data.dataset_code), device)
+    history = retriever.fit(seqs, LoopSettings(epochs=epochs, lr=1e-3, patience=10, batch_size=128, seed=cfg.seed))
+    print(f"LRURec: best epoch {history.best_epoch} of {len(history.epochs)}, "
+          f"{sum(r['epoch_seconds'] for r in history.epochs) / len(history.epochs):.2f} s per epoch")  # fmt: skip
+    retriever.save(out)
+    return retriever, time.perf_counter() - began
+
+
+def bert4rec(cfg, objective: str, dataset, seqs, val, device, retriever, args) -> tuple[BERT4Rec, float]:
+    hparams = {**BERT4Rec.hyperparameters(cfg, cfg.data.dataset_code), "objective": objective}
+    began = time.perf_counter()
+    seed_everything(cfg.seed)
+    model = BERT4Rec(dataset.n_items, hparams, device)
+    examples = RetrievedExamples(seqs, retriever.score) if objective != "cloze" else None
+    settings = LoopSettings(epochs=args.rerank_epochs, lr=args.rerank_lr, patience=args.rerank_patience,
+                            batch_size=args.rerank_batch_size, seed=cfg.seed)  # fmt: skip
+    history = model.fit(seqs, val, settings, ks=KS, examples=examples)
+    print(f"BERT4Rec {objective}: best epoch {history.best_epoch} of {len(history.epochs)}")
+    return model, time.perf_counter() - began
+
+
+def ltr(cfg, families, dataset, seqs, val, device, retriever, prepared) -> tuple[LTRReranker, float]:
+    hparams = {**LTRReranker.hyperparameters(cfg, cfg.data.dataset_code), "features": list(families)}
+    began = time.perf_counter()
+    model = LTRReranker.from_data(dataset.n_items, hparams, device, dataset.items,
+                                  FeatureSet(prepared, cfg.features, dataset.items))  # fmt: skip
+    model.attach(retriever=retriever)
+    model.fit(seqs, val, LoopSettings(epochs=1, lr=0.0, patience=1, seed=cfg.seed), ks=KS)  # LightGBM: own loop
+    return model, time.perf_counter() - began
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--retrieval_epochs", type=int, default=200)
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--retrieval_epochs", type=int, default=500)
     parser.add_argument("--rerank_epochs", type=int, default=200)
     parser.add_argument("--rerank_lr", type=float, default=1e-3)
     parser.add_argument("--rerank_batch_size", type=int, default=32)
@@ -44,67 +92,69 @@ def main() -> None:
     parser.add_argument("--retrieval_top_k", type=int, default=200)
     parser.add_argument("--rerank_top_k", type=int, default=50)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--reuse", action="store_true", help="reuse bench/out/ models trained by an earlier run")
+    parser.add_argument("--reuse", action="store_true", help="reuse the LRURec of an earlier run (bench/out/)")
     args = parser.parse_args()
 
-    cfg = load_config(ROOT / "params.yaml", {"dataset_code": "ml-100k", "device": args.device, "lru_max_len": 200,
-                                             "lru_weight_decay": 0.01, "bert_max_len": 200,
-                                             "bert_dropout": args.bert_dropout})  # fmt: skip
-    dataset = load_prepared(DataPaths(ROOT).prepared(cfg.data))
+    cfg = load_config(ROOT / "params.yaml", {"dataset_code": args.dataset, "device": args.device,
+                                             "lru_weight_decay": 0.01, "bert_dropout": args.bert_dropout})  # fmt: skip
+    prepared = DataPaths(ROOT).prepared(cfg.data)
+    dataset = load_prepared(prepared)
     seqs = Sequences.from_dataset(dataset)
     device = resolve_device(args.device)
-    times: dict[str, float] = {}
+    out = ROOT / "bench" / "out" / args.dataset
+    retriever, seconds = train_retriever(cfg, dataset, seqs, device, out / "lrurec", args.reuse, args.retrieval_epochs)
 
-    t0 = time.perf_counter()
-    if args.reuse and (OUT / "lrurec" / "model.safetensors").exists():
-        retriever = LRURec.load(OUT / "lrurec", device)
-    else:
-        seed_everything(cfg.seed)
-        retriever = LRURec(dataset.n_items, LRURec.hyperparameters(cfg, "ml-100k"), device)
-        retriever.fit(seqs, LoopSettings(epochs=args.retrieval_epochs, lr=1e-3, patience=10, batch_size=128,
-                                         seed=cfg.seed))  # fmt: skip
-        retriever.save(OUT / "lrurec")
-    times["train retriever"] = time.perf_counter() - t0
+    stage = TwoStage(retriever, None, args.retrieval_top_k, args.rerank_top_k)
+    val = stage.candidate_set(*split_inputs(seqs, "val"))
+    test = stage.candidate_set(*split_inputs(seqs, "test"))
+    baseline = list_order_result(test, KS)
+    records = {"retrieval (LRURec)": per_user.from_lists(baseline, test, KS)}
+    results, train_seconds = {"retrieval (LRURec)": baseline.all_users}, {"retrieval (LRURec)": seconds}
 
-    stage = TwoStage(retriever, None, args.retrieval_top_k, args.rerank_top_k)  # reranker set below
-    t0 = time.perf_counter()
-    val_set = stage.candidate_set(*split_inputs(seqs, "val"))
-    test_set = stage.candidate_set(*split_inputs(seqs, "test"))
-    times["retrieve (val + test)"] = time.perf_counter() - t0
+    def add(name: str, result, seconds: float) -> None:
+        results[name], train_seconds[name] = result.all_users, seconds
+        records[name] = per_user.from_lists(result, test, KS)
 
-    t0 = time.perf_counter()
-    if args.reuse and (OUT / "bert4rec" / "model.safetensors").exists():
-        reranker = BERT4Rec.load(OUT / "bert4rec", device)
-    else:
-        seed_everything(cfg.seed)
-        reranker = BERT4Rec(dataset.n_items, BERT4Rec.hyperparameters(cfg, "ml-100k"), device)
-        history = reranker.fit(seqs, val_set, LoopSettings(epochs=args.rerank_epochs, lr=args.rerank_lr,
-                               patience=args.rerank_patience, batch_size=args.rerank_batch_size, seed=cfg.seed))  # fmt: skip
-        print(f"BERT4Rec: best epoch {history.best_epoch} of {len(history.epochs)}")
-        reranker.save(OUT / "bert4rec")
-    times["train reranker"] = time.perf_counter() - t0
+    for objective in ("cloze", "list"):
+        if f"bert4rec_{objective}" not in args.variants:
+            continue
+        model, seconds = bert4rec(cfg, objective, dataset, seqs, val, device, retriever, args)
+        weight, _ = tune_weight(model, val, "ndcg_at_10", KS)
+        add(f"bert4rec {objective} + fusion (w {weight_label(weight)})",
+            evaluate_lists(model.score, test, KS, fusion_weight=weight), seconds)  # fmt: skip
+        add(f"bert4rec {objective} alone", evaluate_lists(model.score, test, KS), seconds)
+    runs = [LTR_FEATURES] if "ltr" in args.variants else []
+    if "ltr_ablation" in args.variants:
+        runs += [tuple(f for f in LTR_FEATURES if f != drop) for drop in LTR_FEATURES if drop != "models"]
+    for families in runs:
+        dropped = sorted(set(LTR_FEATURES) - set(families) - {"models"})
+        model, seconds = ltr(cfg, families, dataset, seqs, val, device, retriever, prepared)
+        add("ltr" + "".join(f" -{f}" for f in dropped), evaluate_lists(model.score, test, KS), seconds)
 
-    t0 = time.perf_counter()
-    alone = evaluate_lists(reranker.score, test_set, batch_size=256)
-    times["rerank test"] = time.perf_counter() - t0
-    weight, curve = tune_weight(reranker, val_set, "ndcg_at_10", (5, 10, 20))
-    reranked = evaluate_lists(reranker.score, test_set, batch_size=256, fusion_weight=weight)
-    retrieval = list_order_result(test_set)
-
-    print(f"ML-100K, {len(test_set)} test users; LRURec top {args.retrieval_top_k} -> BERT4Rec reranks the top "
-          f"{args.rerank_top_k}; true item retrieved in the top {args.rerank_top_k} for {reranked.n_hit} users "
-          f"({reranked.n_hit / len(test_set):.1%}); device {device}")  # fmt: skip
-    print(f"fusion weight {weight:g} (validation NDCG@10 by weight: "
-          + ", ".join(f"{w:g}: {v:.4f}" for w, v in curve.items()) + ")")  # fmt: skip
-    print(format_table({"retrieval": retrieval.all_users, "two-stage": reranked.all_users,
-                        "reranker alone": alone.all_users}))  # fmt: skip
-    for name, res in (("two-stage", reranked), ("reranker alone", alone)):
-        gain = res.all_users["ndcg_at_10"] / retrieval.all_users["ndcg_at_10"] - 1
-        print(f"NDCG@10 {name} vs retrieval: {gain:+.1%}")
-    for name, seconds in times.items():
-        print(f"  {name:<24}{seconds:8.1f} s")
-    print(f"  reranking throughput    {len(test_set) / times['rerank test']:8.0f} users/s "
-          f"({len(test_set) * args.rerank_top_k / times['rerank test']:,.0f} candidates/s)")  # fmt: skip
+    base = records["retrieval (LRURec)"]
+    print(f"\n{args.dataset}: {len(test)} test users; LRURec top {args.retrieval_top_k} -> the first "
+          f"{args.rerank_top_k} reranked; true item in them for {baseline.n_hit} users "
+          f"({baseline.n_hit / len(test):.1%}), the others are misses for every row; device {device}")  # fmt: skip
+    head = ["variant", *(f"N@{k}" for k in KS), *(f"R@{k}" for k in KS), "dNDCG@10 [95% CI]", "dRecall@10 [95% CI]",
+            "verdict (NDCG@10)", "train s"]  # fmt: skip
+    rows = [head]
+    for name, metrics in results.items():
+        cells = [
+            name,
+            *(f"{metrics[f'ndcg_at_{k}']:.4f}" for k in KS),
+            *(f"{metrics[f'recall_at_{k}']:.4f}" for k in KS),
+        ]
+        if name == "retrieval (LRURec)":
+            cells += ["", "", "", f"{train_seconds[name]:.0f}"]
+        else:
+            deltas = per_user.compare(base, records[name], ["ndcg_at_10", "recall_at_10"], "retrieval", name)
+            n, r = deltas["ndcg_at_10"], deltas["recall_at_10"]
+            cells += [f"{n.delta:+.4f} ({n.relative:+.1%}) [{n.low:+.4f}, {n.high:+.4f}]",
+                      f"{r.delta:+.4f} [{r.low:+.4f}, {r.high:+.4f}]", n.verdict, f"{train_seconds[name]:.0f}"]  # fmt: skip
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    print("\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows))
+    print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB RSS")
 
 
 if __name__ == "__main__":

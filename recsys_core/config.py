@@ -20,9 +20,9 @@ from recsys_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("ml-100k", "ml-latest-small", "beauty", "games", "custom")
+DATASETS = ("ml-100k", "ml-1m", "ml-latest-small", "beauty", "games", "custom")
 RETRIEVAL_METHODS = ("lrurec", "mmgcn", "vbpr", "bm3")
-RERANK_METHODS = ("qwen", "qwen3vl", "vip5", "bert4rec")
+RERANK_METHODS = ("qwen", "qwen3vl", "vip5", "bert4rec", "ltr")
 QWEN_MODES = ("text_only", "raw_image", "caption", "semantic_summary", "semantic_summary_small")
 
 # Deprecated flag -> the flag that replaces it.
@@ -36,7 +36,7 @@ class Section(BaseModel):
 class DataConfig(Section):
     """Which dataset, which filters. Defaults follow LlamaRec / LRURec (min_rating 0, 5-core)."""
 
-    dataset_code: Literal["ml-100k", "ml-latest-small", "beauty", "games", "custom"] = "ml-100k"
+    dataset_code: Literal["ml-100k", "ml-1m", "ml-latest-small", "beauty", "games", "custom"] = "ml-100k"
     min_rating: int | float = Field(0, ge=0, description="keep interactions with rating >= min_rating")
     min_uc: int = Field(5, ge=3, description="k-core: users keep >= min_uc interactions (>= 3 for train/val/test)")
     min_sc: int = Field(5, ge=1, description="k-core: items keep >= min_sc interactions")
@@ -47,6 +47,9 @@ class DataConfig(Section):
     custom_interactions: str | None = Field(None, description="custom dataset: interactions csv/tsv/parquet")
     custom_items: str | None = Field(None, description="custom dataset: optional item metadata csv/tsv/parquet")
     max_bad_line_share: float = Field(0.01, ge=0, le=1, description="fail when more raw lines than this are bad")
+    tie_order: Literal["file", "item_id", "shuffle"] = Field(
+        "file", description="order of one user's interactions with equal timestamps: file order, item id, or seeded"
+    )
 
 
 class CandidatesConfig(Section):
@@ -132,6 +135,17 @@ class TrainingConfig(Section):
     resume: bool = Field(True, description="continue from the checkpoint an interrupted run left (same config)")
     gradient_accumulation_steps: int = Field(1, ge=1, description="optimizer step every this many batches")
 
+    @field_validator("metric_ks")
+    @classmethod
+    def _distinct_positive(cls, value: list[int]) -> list[int]:
+        bad = [k for k in value if k < 1]
+        if bad:
+            raise ValueError(f"cut-offs K must be positive integers; {bad} are not (e.g. [5, 10, 20])")
+        repeated = sorted({k for k in value if value.count(k) > 1})
+        if repeated:
+            raise ValueError(f"cut-offs K must be distinct; {repeated} appear more than once")
+        return value
+
     @field_validator("monitor")
     @classmethod
     def _known_metric(cls, value: str) -> str:
@@ -165,10 +179,14 @@ class BERT4RecConfig(Section):
     bert_last_item_prob: float = Field(0.1, ge=0, le=1, description="share of windows that mask only the last item")
     bert_max_len: int | None = Field(None, ge=2, description="input length incl. [MASK]; null = 200 MovieLens, 50")
     bert_weight_decay: float = Field(0.01, ge=0)
+    bert_objective: Literal["cloze", "list", "cloze_list"] = Field(
+        "cloze", description="cloze (the paper), list (softmax over retrieved training lists) or both, summed"
+    )
+    bert_list_weight: float = Field(1.0, ge=0, description="weight of the list loss in cloze_list")
 
 
 class RerankConfig(Section):
-    rerank_method: Literal["qwen", "qwen3vl", "vip5", "bert4rec"] = "bert4rec"
+    rerank_method: Literal["qwen", "qwen3vl", "vip5", "bert4rec", "ltr"] = "bert4rec"
     rerank_mode: Literal["ground_truth", "retrieval"] = "retrieval"
     rerank_epochs: int = Field(10, ge=1)
     rerank_lr: float = Field(1e-4, gt=0)
@@ -178,6 +196,28 @@ class RerankConfig(Section):
     rerank_score_fusion: bool = Field(
         True, description="retrieval mode: add the retriever's standardised score, weight tuned on validation"
     )
+
+
+LTR_FEATURES = ("retriever", "models", "popularity", "transitions", "content", "history")
+
+
+class LTRConfig(Section):
+    """The learning-to-rank reranker (LightGBM lambdarank) over every signal the platform computes."""
+
+    ltr_features: list[Literal["retriever", "models", "popularity", "transitions", "content", "history"]] = Field(
+        list(LTR_FEATURES), min_length=1, description="feature families the ranker sees"
+    )
+    ltr_models: list[str] = Field(
+        [], description="other registered models of this data whose scores are features: retriever or reranker methods"
+    )
+    ltr_num_leaves: int = Field(31, ge=2)
+    ltr_learning_rate: float = Field(0.05, gt=0)
+    ltr_num_rounds: int = Field(500, ge=1, description="boosting rounds at most (early stopping on validation)")
+    ltr_early_stopping: int = Field(50, ge=1, description="rounds without a validation gain before stopping")
+    ltr_min_data_in_leaf: int = Field(20, ge=1)
+    ltr_folds: int = Field(5, ge=2, description="cross-fitting folds of the validation users")
+    ltr_recent_share: float = Field(0.1, gt=0, le=1, description="recent popularity: the newest share of interactions")
+    ltr_transition_window: int = Field(3, ge=1, description="last history items whose transitions are counted")
 
 
 class LLMConfig(Section):
@@ -233,6 +273,7 @@ class Config(BaseModel):
     bm3: BM3Config = BM3Config()
     rerank: RerankConfig = RerankConfig()
     bert4rec: BERT4RecConfig = BERT4RecConfig()
+    ltr: LTRConfig = LTRConfig()
     llm: LLMConfig = LLMConfig()
     vip5: VIP5Config = VIP5Config()
 
@@ -329,9 +370,13 @@ def build_config(raw: dict[str, Any], origin: str = "params.yaml") -> Config:
         raise ConfigError(_format_validation_error(err, origin)) from None
 
 
-def read_params(path: Path) -> dict[str, Any]:
-    """params.yaml as a nested dict ({} when the file is absent)."""
+def read_params(path: Path, must_exist: bool = False) -> dict[str, Any]:
+    """params.yaml as a nested dict ({} when the default file is absent; a file the user named must exist)."""
     if not path.exists():
+        if must_exist:
+            raise ConfigError(
+                f"params file {path} does not exist; give an existing file with --params, or drop the flag"
+            )
         return {}
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -365,9 +410,11 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return merged
 
 
-def load_config(params_path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """params.yaml (if given and present) + flat overrides -> a validated Config."""
-    raw = read_params(params_path) if params_path else {}
+def load_config(
+    params_path: Path | None = None, overrides: dict[str, Any] | None = None, must_exist: bool = False
+) -> Config:
+    """params.yaml (if given and present; ``must_exist`` when the user named it) + flat overrides -> a Config."""
+    raw = read_params(params_path, must_exist) if params_path else {}
     origin = str(params_path) if params_path else "defaults"
     if overrides:
         raw = apply_overrides(raw, overrides)

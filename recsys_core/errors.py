@@ -34,3 +34,8 @@ class CandidateSamplingError(RecsysError):
 
 class MissingArtifactError(RecsysError):
     """An input that an earlier stage should have produced is absent; the message names that stage."""
+
+
+class LineageError(RecsysError):
+    """Models, lists or metrics of different prepared data (or evaluation protocols) would be combined or compared;
+    the message names both sides and how to bring them together."""

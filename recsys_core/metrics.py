@@ -6,11 +6,17 @@ model that gives every item the same score ranks it last instead of profiting fr
 a miss at every K, counted in the average.
 
 With one relevant item, Recall@K equals Hit@K; both are reported because users expect both names.
+
+Two MRRs, named apart: ``mrr`` is the full-ranking MRR (every item scored; stage 1); ``mrr_at_{N}`` is the MRR over
+candidate lists of N items (stage 2, the two-stage model: a true item outside the list is a miss, reciprocal rank 0),
+e.g. ``mrr_at_50``. ``list_metrics`` renames the one into the other; ``monitored_value`` lets ``training.monitor: mrr``
+read whichever of the two a validation reports.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
 import torch
@@ -73,6 +79,33 @@ class MetricAccumulator:
         return {name: total / self.count for name, total in self.sums.items()}
 
 
+def list_mrr_name(width: int) -> str:
+    """The name of the MRR over candidate lists of ``width`` items: ``mrr_at_{width}``."""
+    return f"mrr_at_{int(width)}"
+
+
+def list_metrics(metrics: dict[str, float], width: int) -> dict[str, float]:
+    """Metrics computed on candidate lists of ``width`` items, their ``mrr`` renamed ``mrr_at_{width}`` (the
+    full-ranking name ``mrr`` stays for stage 1)."""
+    return {(list_mrr_name(width) if name == "mrr" else name): value for name, value in metrics.items()}
+
+
+_LIST_MRR = re.compile(r"mrr_at_\d+")
+
+
+def monitored_value(metrics: dict[str, float], monitor: str) -> float:
+    """``metrics[monitor]``; ``monitor`` ``mrr`` on list metrics (which have no ``mrr``) reads their ``mrr_at_{N}``,
+    so that ``training.monitor: mrr`` means the MRR of whatever the model is validated on (full ranking for a
+    retriever, the validation lists for a reranker)."""
+    if monitor in metrics:
+        return metrics[monitor]
+    if monitor == "mrr":
+        found = [name for name in metrics if _LIST_MRR.fullmatch(name)]
+        if len(found) == 1:
+            return metrics[found[0]]
+    raise KeyError(f"the validation metrics have no {monitor!r}; they are: {', '.join(metrics)}")
+
+
 def prefixed(metrics: dict[str, float], split: str) -> dict[str, float]:
     """``{"ndcg_at_10": x}`` -> ``{"val/ndcg_at_10": x}``: the names MLflow and DVC use."""
     return {f"{split}/{name}": value for name, value in metrics.items()}
@@ -87,6 +120,8 @@ def format_table(rows: dict[str, dict[str, float]], ks: Iterable[int] = DEFAULT_
         lines.append(f"{label:<{width}}" + "".join(f"{'@' + str(k):>10}" for k in ks))
         for m in METRICS:
             lines.append(f"  {m.capitalize():<{width - 2}}" + "".join(f"{metrics[f'{m}_at_{k}']:>10.4f}" for k in ks))
-        if "mrr" in metrics:
-            lines.append(f"  {'MRR':<{width - 2}}{metrics['mrr']:>10.4f}")
+        for name, value in metrics.items():
+            if name == "mrr" or _LIST_MRR.fullmatch(name):  # full ranking: MRR; lists of N items: MRR@N
+                title = "MRR" if name == "mrr" else f"MRR@{name.rsplit('_', 1)[1]}"
+                lines.append(f"  {title:<{width - 2}}{value:>10.4f}")
     return "\n".join(lines)

@@ -1,5 +1,12 @@
 """The two-stage recommender: the retriever's top ``retrieval_top_k`` over the whole pool, its first
-``rerank_top_k`` reordered by the reranker, then the top ``k`` returned."""
+``rerank_top_k`` reordered by the reranker, then the top ``k`` returned.
+
+``users`` (one id per history: a training user's id 1..U, 0 = none; or None) reaches the retriever everywhere:
+``candidate_set`` (what ``evaluate_pipeline`` evaluates, with every validation / test user's id) and ``recommend``
+(what the served two-stage model answers, with the request's ``user_id``) run the same ``candidates``, so a served
+request with a user's history and id gets exactly the list and scores evaluated for that user. Collaborative
+retrievers (VBPR, MMGCN, BM3) score a known user with its learned vector, a history without a user by fold-in;
+sequential ones (LRURec) ignore the ids."""
 
 from __future__ import annotations
 
@@ -32,9 +39,10 @@ class TwoStage:
         keep = slice(0, self.rerank_top_k)
         return items[:, keep].cpu().numpy().astype(np.int64), values[:, keep].cpu().numpy().astype(np.float64)
 
-    def recommend(self, histories: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(B, k) item ids and their final scores, best first."""
-        cands, retrieval = self.candidates(histories)
+    def recommend(self, histories: list[np.ndarray], k: int,
+                  users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """(B, k) item ids and their final scores, best first (0 / -inf after a list's real items)."""
+        cands, retrieval = self.candidates(histories, users)
         scores = final_scores(self.reranker, histories, cands, retrieval)
         values, order = torch.sort(scores, dim=1, descending=True, stable=True)
         items = np.take_along_axis(cands, order.numpy(), axis=1)[:, :k]
@@ -42,7 +50,8 @@ class TwoStage:
 
     def candidate_set(self, histories: list[np.ndarray], targets: np.ndarray, users: np.ndarray,
                       batch_size: int = 256) -> CandidateSet:  # fmt: skip
-        """The retrieved lists of every user as a CandidateSet (for evaluation against the true items)."""
+        """The retrieved lists of every user as a CandidateSet (for evaluation against the true items), each user
+        retrieved with its id, as ``recommend`` does for a request that gives the ``user_id``."""
         parts = [self.candidates(histories[i : i + batch_size], np.asarray(users)[i : i + batch_size])
                  for i in range(0, len(histories), batch_size)]  # fmt: skip
         cands = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, self.rerank_top_k), np.int64)

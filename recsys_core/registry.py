@@ -1,5 +1,10 @@
-"""Model registry: every trained model becomes a version of ``{dataset}-{kind}`` with the alias ``candidate``;
+"""Model registry: every trained model becomes a version of ``{prefix}-{kind}`` with the alias ``candidate``;
 ``promote`` moves ``champion`` to a version that beats the current one and writes the decision on the version.
+
+The prefix names the prepared data: the dataset code for the default filters (``ml-100k-retriever``), the prepared
+folder's name for any other setting (``ml-100k_min_rating4-min_uc5-min_sc5-retriever``), so that several filter
+settings of one dataset keep their own champions in one store. Within a name, promotion still compares only versions
+of the same data version and the same evaluation protocol (``recsys_core.lineage``).
 
 Aliases only: MLflow's model stages are deprecated.
 """
@@ -10,7 +15,9 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from recsys_core.errors import MissingArtifactError, RecsysError
+from recsys_core import lineage
+from recsys_core.config import DataConfig, prepared_dir_name
+from recsys_core.errors import LineageError, MissingArtifactError, RecsysError
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +30,20 @@ class RegistryError(RecsysError):
     """A registered model, version or metric that the registry does not hold."""
 
 
-def model_name(dataset: str, kind: str) -> str:
+def data_prefix(data: DataConfig) -> str:
+    """The registered-model prefix of a data setting: the dataset code for the default filters, else the prepared
+    folder's name."""
+    default = DataConfig()
+    filters = ("min_rating", "min_uc", "min_sc")
+    if all(getattr(data, f) == getattr(default, f) for f in filters):
+        return data.dataset_code
+    return prepared_dir_name(data)
+
+
+def model_name(prefix: str, kind: str) -> str:
     if kind not in KINDS:
         raise RegistryError(f"unknown model kind {kind!r}; use one of {', '.join(KINDS)}")
-    return f"{dataset}-{kind}"
+    return f"{prefix}-{kind}"
 
 
 def register(model_uri: str, name: str, tags: dict[str, str], metrics: dict[str, float]) -> int:
@@ -39,6 +56,15 @@ def register(model_uri: str, name: str, tags: dict[str, str], metrics: dict[str,
     MlflowClient().set_registered_model_alias(name, CANDIDATE, version.version)
     log.info("registered %s version %s (alias %s)", name, version.version, CANDIDATE)
     return int(version.version)
+
+
+def version_with_fingerprint(name: str, fingerprint: str):
+    """The newest version of ``name`` trained with this checkpoint fingerprint (settings, data, code), or None."""
+    from mlflow import MlflowClient
+
+    found = [v for v in MlflowClient().search_model_versions(f"name = '{name}'")
+             if v.tags.get(lineage.FINGERPRINT_TAG) == fingerprint]  # fmt: skip
+    return max(found, key=lambda v: int(v.version)) if found else None
 
 
 def _version_by_alias(client, name: str, alias: str):
@@ -80,9 +106,47 @@ class Decision:
         return asdict(self)
 
 
-def promote(name: str, version: int | None = None, metric: str = "val/ndcg_at_10", force: bool = False) -> Decision:
+def _comparison(
+    client, chosen, current, metric: str, value: float, current_value: float | None, force: bool
+) -> tuple[bool, str]:
+    """Whether ``chosen`` replaces the champion ``current`` (same data), and why: numbers of one evaluation protocol
+    are compared; a champion whose protocol is stale (ground-truth lists, or the lists of a retriever that is no
+    longer the champion) gives way to a version on the current protocol; other protocol changes need ``force``."""
+    ours, theirs = chosen.tags.get(lineage.PROTOCOL_TAG), current.tags.get(lineage.PROTOCOL_TAG)
+    if force:
+        return True, f"forced over version {current.version} ({metric} {current_value:.4f})"
+    if ours != theirs:
+        if _stale(client, current, chosen):
+            return True, (f"the champion v{current.version} was evaluated on a stale protocol ({theirs}); this version "
+                          f"on the current one ({ours})")  # fmt: skip
+        return False, (f"not comparable with the champion v{current.version}: it was evaluated on {theirs!r}, this "
+                       f"version on {ours!r}; promote it with --force to switch protocols")  # fmt: skip
+    if value > current_value:
+        return True, f"{metric} {value:.4f} beats version {current.version}'s {current_value:.4f}"
+    return False, f"{metric} {value:.4f} does not beat version {current.version}'s {current_value:.4f}"
+
+
+def _stale(client, current, chosen) -> bool:
+    """The champion's lists are not what the pipeline ranks now, while the chosen version's are."""
+    mode, theirs = chosen.tags.get("rerank_mode"), current.tags.get("rerank_mode")
+    if mode != "retrieval" or not chosen.tags.get("retriever.name"):
+        return False
+    if theirs == "ground_truth":
+        return True
+    retriever = _version_by_alias(client, chosen.tags["retriever.name"], CHAMPION)
+    if retriever is None or str(retriever.version) != chosen.tags.get("retriever.version"):
+        return False
+    return theirs == "retrieval" and current.tags.get("retriever.version") != str(retriever.version)
+
+
+def promote(name: str, version: int | None = None, metric: str = "val/ndcg_at_10", force: bool = False,
+            data_version: str | None = None) -> Decision:  # fmt: skip
     """Move ``champion`` to ``version`` (default: the ``candidate``) if it beats the current champion on ``metric``
-    (higher is better), there is no champion yet, or ``force``. The decision is written on the version's tags."""
+    (higher is better), there is no champion yet, or ``force``. The decision is written on the version's tags.
+
+    ``data_version`` is the prepared data the caller works on: a version of other data is refused (even forced), and
+    a champion of other data gives way. Without it, a champion of other data than the version's stops the promotion.
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -96,19 +160,30 @@ def promote(name: str, version: int | None = None, metric: str = "val/ndcg_at_10
             chosen = client.get_model_version(name, str(version))
         except MlflowException:
             raise RegistryError(f"{name} has no version {version}") from None
+    ours = lineage.version_data(chosen.tags)
+    if data_version is not None and ours != data_version:
+        raise LineageError(
+            f"{lineage.describe(chosen)} was not trained on the prepared data of this setting (data version "
+            f"{data_version}); promote a version of this data, or retrain (`dvc repro`)"
+        )
     value = metric_of(chosen, metric)
     current = _version_by_alias(client, name, CHAMPION)
-    current_value = metric_of(current, metric) if current is not None else None
+    current_value = None
+    if current is not None and lineage.version_data(current.tags) == ours:
+        current_value = metric_of(current, metric)
     if current is not None and int(current.version) == int(chosen.version):
         promoted, reason = False, f"version {chosen.version} is already the champion"
     elif current is None:
         promoted, reason = True, "no champion yet"
-    elif force:
-        promoted, reason = True, f"forced over version {current.version} ({metric} {current_value:.4f})"
-    elif value > current_value:
-        promoted, reason = True, f"{metric} {value:.4f} beats version {current.version}'s {current_value:.4f}"
+    elif current_value is None:
+        if data_version is None and not force:
+            raise LineageError(
+                f"{lineage.describe(chosen)} and the champion {lineage.describe(current)} belong to different data; "
+                "promote from the data setting you work on (run `recsys promote` with its flags), or use --force"
+            )
+        promoted, reason = True, f"the champion {lineage.describe(current)} belongs to other data: replaced"
     else:
-        promoted, reason = False, f"{metric} {value:.4f} does not beat version {current.version}'s {current_value:.4f}"
+        promoted, reason = _comparison(client, chosen, current, metric, value, current_value, force)
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, chosen.version)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
@@ -121,16 +196,17 @@ def promote(name: str, version: int | None = None, metric: str = "val/ndcg_at_10
     return decision
 
 
-def champion_uri(dataset: str, kind: str) -> str:
-    return f"models:/{model_name(dataset, kind)}@{CHAMPION}"
+def champion_uri(prefix: str, kind: str) -> str:
+    return f"models:/{model_name(prefix, kind)}@{CHAMPION}"
 
 
-def load_version(dataset: str, kind: str, version: int | None):
-    """The recsys model behind a registered version (default: the champion) and that version's record."""
+def get_version(prefix: str, kind: str, version: int | None, prepared=None):
+    """A registered version's record (default: the champion); with ``prepared`` (a prepared folder), only a version
+    trained on that folder's data is accepted."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    name = model_name(dataset, kind)
+    name = model_name(prefix, kind)
     client = mlflow.MlflowClient()
     try:
         record = (client.get_model_version(name, str(version)) if version is not None
@@ -140,6 +216,23 @@ def load_version(dataset: str, kind: str, version: int | None):
         raise MissingArtifactError(
             f"{name} has no {which}: train and promote it first (`recsys promote {kind}`)"
         ) from None
+    if prepared is not None:
+        stage = "train_retrieval" if kind == "retriever" else "train_rerank"
+        fix = (
+            f"Train one on this data and promote it (`dvc repro {stage}`, or `recsys train-{stage[6:]}` then "
+            f"`recsys promote {kind}` with the same data flags), or prepare the data it was trained on again."
+        )
+        lineage.require_same_data(record, lineage.data_version(prepared), prepared, fix)
+    return record
+
+
+def load_version(prefix: str, kind: str, version: int | None, prepared=None):
+    """The recsys model behind a registered version (default: the champion) and that version's record; with
+    ``prepared``, only a version of that folder's data."""
+    import mlflow
+
+    record = get_version(prefix, kind, version, prepared)
+    name = record.name
     wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{record.version}").unwrap_python_model()
     model = wrapper.retriever if kind == "retriever" else wrapper.reranker
     return model, record

@@ -1,5 +1,11 @@
 """MLflow pyfunc models. Logged as "models from code" (a script that calls ``set_model``), so loading a model
-never unpickles anything; weights come from safetensors, settings from JSON."""
+never unpickles anything; weights come from safetensors, settings from JSON.
+
+The retriever and two-stage models take an optional ``user_id`` column (the dense user id 1..U of ``users.parquet``,
+as the histories use dense item ids). A collaborative retriever (VBPR, MMGCN, BM3) scores a row with that user's
+learned vector, exactly as evaluation scores the validation and test users; a row without it (column absent, null)
+is scored from its history (fold-in). An id the model has no vector for is an error that names the valid range.
+Sequential retrievers (LRURec) ignore it."""
 
 from __future__ import annotations
 
@@ -12,11 +18,21 @@ RETRIEVER_ARTIFACT = "retriever"
 MODEL_CODE = Path(__file__).parent / "model_code"
 
 
+def _request_columns() -> list:
+    """history (item ids), optional k, optional user_id. ``user_id`` is typed Any: an integer column holding a null
+    (one row without a user) reaches pandas as floats with NaN, which MLflow's ``long`` check rejects; the ids are
+    checked in ``_user_ids`` instead."""
+    from mlflow.types.schema import AnyType, Array, ColSpec, DataType
+
+    return [ColSpec(Array(DataType.long), "history"), ColSpec(DataType.long, "k", required=False),
+            ColSpec(AnyType(), "user_id", required=False)]  # fmt: skip
+
+
 def retriever_signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    inputs = Schema([ColSpec(Array(DataType.long), "history"), ColSpec(DataType.long, "k", required=False)])
+    inputs = Schema(_request_columns())
     outputs = Schema([ColSpec(Array(DataType.long), "items"), ColSpec(Array(DataType.double), "scores")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -43,6 +59,23 @@ def _histories(frame: pd.DataFrame, n_items: int) -> list[np.ndarray]:
     return _id_lists(frame, "history", n_items, allow_empty=True)
 
 
+def _user_ids(frame: pd.DataFrame) -> np.ndarray | None:
+    """The optional ``user_id`` column: (B,) int64 ids, 0 where a row has none (null); None without the column.
+    An id must be an integer >= 1; whether the model knows it (1..U) is the retriever's check."""
+    if "user_id" not in frame:
+        return None
+    out = np.zeros(len(frame), dtype=np.int64)
+    for row, value in enumerate(frame["user_id"]):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue
+        number = value.item() if isinstance(value, np.generic) else value
+        whole = isinstance(number, int) or (isinstance(number, float) and number.is_integer())  # 3 or 3.0 (NaN-padded)
+        if isinstance(number, bool) or not whole or number < 1:
+            raise ValueError(f"row {row}: 'user_id' must be a user id (an integer >= 1) or null; got {value!r}")
+        out[row] = int(number)
+    return out
+
+
 def _requested_k(frame: pd.DataFrame, default: int = 10) -> list[int]:
     if "k" not in frame:
         return [default] * len(frame)
@@ -66,7 +99,7 @@ def top_k(scores, histories: list[np.ndarray], ks: list[int]) -> pd.DataFrame:
 
 
 class RetrieverModel:
-    """pyfunc: item-id history (and optional k, default 10) in; top-k unseen item ids and scores out."""
+    """pyfunc: item-id history (optional k, default 10; optional user_id) in; top-k unseen item ids and scores out."""
 
     def load_context(self, context) -> None:
         import torch
@@ -81,7 +114,7 @@ class RetrieverModel:
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         histories = _histories(model_input, self.retriever.n_items)
         ks = _requested_k(model_input)
-        return top_k(self.retriever.score(histories), histories, ks)
+        return top_k(self.retriever.score(histories, _user_ids(model_input)), histories, ks)
 
 
 def log_pyfunc(code_file: str, artifacts: dict[str, str], signature, input_example, pip_requirements: list[str]):
@@ -169,15 +202,16 @@ def two_stage_signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    inputs = Schema([ColSpec(Array(DataType.long), "history"), ColSpec(DataType.long, "k", required=False)])
+    inputs = Schema(_request_columns())
     outputs = Schema([ColSpec(Array(DataType.long), "items"), ColSpec(Array(DataType.double), "scores"),
                       ColSpec(Array(DataType.string), "titles")])  # fmt: skip
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 class TwoStageModel:
-    """pyfunc: item-id history (and optional k, default 10) in; the top-k items of retrieval + reranking, with their
-    reranker scores and titles, out."""
+    """pyfunc: item-id history (optional k, default 10; optional user_id) in; the top-k items of retrieval +
+    reranking, with their final scores (fused with the retriever's when the reranker stores a fusion weight) and
+    titles, out. With a user's history and user_id it answers what ``evaluate_pipeline`` evaluated for that user."""
 
     def load_context(self, context) -> None:
         import json
@@ -202,7 +236,7 @@ class TwoStageModel:
         histories = _histories(model_input, self.pipeline.retriever.n_items)
         ks = _requested_k(model_input)
         top = max(1, min(max(ks), self.pipeline.rerank_top_k))
-        items, scores = self.pipeline.recommend(histories, top)
+        items, scores = self.pipeline.recommend(histories, top, _user_ids(model_input))
         rows = {"items": [], "scores": [], "titles": []}
         for row, k in enumerate(ks):
             keep = [c for c in range(min(k, top)) if items[row, c] > 0]

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from recsys_core import distributed
 from recsys_core.io import atomic_path
+from recsys_core.metrics import monitored_value
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def fit(
             **{f"val_{k}": v for k, v in val.items()},
         }
         history.epochs.append(record)
-        score = val[settings.monitor]
+        score = monitored_value(val, settings.monitor)
         if score > history.best_score:
             history.best_score, history.best_epoch, bad_epochs = score, epoch, 0
             best_state = _cpu_copy(model)

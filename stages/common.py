@@ -14,6 +14,7 @@ from recsys_core.data.store import DataPaths
 from recsys_core.errors import RecsysError
 
 log = logging.getLogger("recsys")
+DEFAULT_PARAMS = Path("params.yaml")
 
 
 def _number(text: str) -> int | float:
@@ -69,7 +70,9 @@ def _add_flag(parser: argparse.ArgumentParser, name: str, annotation: Any, help_
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default params.yaml)")
+    parser.add_argument(
+        "--params", type=Path, default=None, help="params file (default params.yaml; a named file must exist)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     flags = parser.add_argument_group("configuration (override params.yaml; original flag names)")
     for name in FLAT_KEYS:
@@ -83,7 +86,9 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     given = {k: v for k, v in vars(args).items() if k in FLAT_KEYS or k in DEPRECATED_FLAGS}
-    return load_config(args.params, given)
+    if args.params is None:
+        return load_config(DEFAULT_PARAMS, given)
+    return load_config(args.params, given, must_exist=True)
 
 
 def setup_logging(verbose: bool = False) -> None:

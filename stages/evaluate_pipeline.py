@@ -12,19 +12,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-from recsys_core import registry, serving, tracking
+from recsys_core import lineage, per_user, registry, serving, tracking
 from recsys_core.config import Config
 from recsys_core.data.store import INTERACTIONS, ITEMS, Sequences, load_prepared
 from recsys_core.evaluation import split_inputs
 from recsys_core.io import staged_directory, write_json
 from recsys_core.metrics import format_table, prefixed
 from recsys_core.pipeline import TwoStage
-from recsys_core.rerank.evaluate import evaluate_lists, list_order_result
+from recsys_core.rerank.evaluate import evaluate_lists, list_order_result, result_from_scores
 from recsys_core.training import resolve_device
 from stages.common import paths, run_stage
-from stages.training_common import pinned_requirements
+from stages.training_common import SERVING_REQUIREMENTS, pinned_requirements
 
 log = logging.getLogger("recsys.evaluate_pipeline")
+
+
+def paired_metrics(ks) -> tuple[str, str]:
+    """The differences reported with their intervals: NDCG and Recall at 10 (else the first K; every K is in the
+    per-user files)."""
+    k = 10 if 10 in ks else ks[0]
+    return f"ndcg_at_{k}", f"recall_at_{k}"
 
 
 def body(cfg: Config, args: argparse.Namespace) -> None:
@@ -34,8 +41,10 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     prepared = paths().prepared(cfg.data)
     dataset = load_prepared(prepared)
     seqs = Sequences.from_dataset(dataset)
-    retriever, ret_v = registry.load_version(code, "retriever", args.retriever_version)
-    reranker, rr_v = registry.load_version(code, "reranker", args.reranker_version)
+    prefix = registry.data_prefix(cfg.data)
+    # Only versions trained on this prepared data: another item-id space or split would give garbage or leakage.
+    retriever, ret_v = registry.load_version(prefix, "retriever", args.retriever_version, prepared)
+    reranker, rr_v = registry.load_version(prefix, "reranker", args.reranker_version, prepared)
     device = resolve_device(cfg.training.device)
     for model in (retriever, reranker):
         model.model.to(device)
@@ -44,15 +53,26 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     pipeline = TwoStage(retriever, reranker, top_k, rerank_k)
     ks = cfg.training.metric_ks
 
-    results, baselines = {}, {}
+    results, baselines, records = {}, {}, {}
     for split in ("val", "test"):
         cset = pipeline.candidate_set(*split_inputs(seqs, split), batch_size=cfg.training.eval_batch_size)
-        results[split] = evaluate_lists(reranker.score, cset, ks, cfg.training.eval_batch_size, desc=split,
-                                        fusion_weight=reranker.hparams.get("fusion_weight"))  # fmt: skip
+        if split == "val" and getattr(reranker, "fits_on_validation", False):
+            # ltr was trained on these very lists: out-of-fold scores (LineageError if the lists are not those)
+            results[split] = result_from_scores(reranker.cross_fitted_scores(cset), cset, ks)
+        else:
+            results[split] = evaluate_lists(reranker.score, cset, ks, cfg.training.eval_batch_size, desc=split,
+                                            fusion_weight=reranker.hparams.get("fusion_weight"))  # fmt: skip
         baselines[split] = list_order_result(cset, ks)
+        records[split] = per_user.from_lists(results[split], cset, ks)
+        records[f"{split}_retrieval_only"] = per_user.from_lists(baselines[split], cset, ks)
+    # The two-stage model against retrieval alone on the same users and targets: paired, with its interval.
+    deltas = per_user.compare(
+        records["test_retrieval_only"], records["test"], paired_metrics(ks), "retrieval", "two-stage"
+    )
     metrics = {**prefixed(results["val"].all_users, "val"), **prefixed(results["test"].all_users, "test"),
                **prefixed(baselines["val"].all_users, "val_retrieval_only"),
                **prefixed(baselines["test"].all_users, "test_retrieval_only"),
+               **delta_metrics(deltas, "test_delta"),
                "test_candidate_recall": results["test"].n_hit / results["test"].n_users}  # fmt: skip
     versions = {"retriever.version": str(ret_v.version), "retriever.method": ret_v.tags.get("method", ""),
                 "retriever.run_id": ret_v.run_id, "reranker.version": str(rr_v.version),
@@ -60,7 +80,9 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 "reranker.fusion_weight": str(reranker.hparams.get("fusion_weight"))}  # fmt: skip
     data_tags = tracking.data_hash_tags({"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS})
     tags = {"dataset": code, "stage": "pipeline", "method": f"{versions['retriever.method']}+{versions['reranker.method']}",
-            "seed": str(seed), "git_commit": tracking.git_commit(root), **versions, **data_tags}  # fmt: skip
+            "seed": str(seed), "git_commit": tracking.git_commit(root), **versions, **lineage.data_tags(prepared),
+            lineage.PROTOCOL_TAG: "full ranking",  # every user counts; any top-K settings compare
+            **data_tags}  # fmt: skip
     params = {
         "retrieval_top_k": top_k,
         "rerank_top_k": rerank_k,
@@ -73,17 +95,19 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     name = f"pipeline-{code}-seed{seed}"
     with tracking.training_run(root, code, name, params, tags, args.parent_run_id) as run:
         mlflow.log_metrics(metrics)
+        per_user.log(records)
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             retriever.save(tmp / "retriever")
             reranker.save(tmp / "reranker")
             write_json(tmp / "settings.json", {"retrieval_top_k": top_k, "rerank_top_k": rerank_k})
             example = [int(i) for i in seqs.train[1][-10:]]
+            extra = ("lightgbm",) if reranker.method == "ltr" else ()
             info = serving.log_two_stage(tmp / "retriever", tmp / "reranker", prepared / ITEMS, tmp / "settings.json",
-                                         example, pinned_requirements())  # fmt: skip
-        two_stage = registry.model_name(code, "two-stage")
+                                         example, pinned_requirements(SERVING_REQUIREMENTS + extra))  # fmt: skip
+        two_stage = registry.model_name(prefix, "two-stage")
         version = registry.register(info.model_uri, two_stage, {**tags, "run_id": run.info.run_id}, metrics)
-        decision = registry.promote(two_stage, version, "val/ndcg_at_10")
+        decision = registry.promote(two_stage, version, "val/ndcg_at_10", data_version=tags[lineage.DATA_VERSION_TAG])
         # metrics.json (git, a DVC metric) holds what the inputs determine; registry state goes to registered.json.
         summary = {**metrics, "users": results["test"].n_users, "users_with_true_item_retrieved": results["test"].n_hit,
                    "retrieval_top_k": top_k, "rerank_top_k": rerank_k,
@@ -94,7 +118,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         with staged_directory(out) as scratch:
             (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
             (scratch / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
-            table = results_table(results["test"], baselines["test"], ks, {**summary, **registered})
+            table = results_table(results["test"], baselines["test"], ks, {**summary, **registered}, deltas)
             (scratch / "results.txt").write_text(table + "\n")
             mlflow.log_artifact(str(scratch / "results.txt"))
     print(table)
@@ -102,13 +126,27 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
           f"({decision.reason}); serve it with `make serve`")  # fmt: skip
 
 
-def results_table(result, baseline, ks, summary) -> str:
+def delta_metrics(deltas: dict, prefix: str) -> dict[str, float]:
+    """``test_delta/ndcg_at_10``, ``test_delta_low/...``, ``test_delta_high/...``, ``test_delta_p/...``."""
+    out = {}
+    for metric, d in deltas.items():
+        out |= {f"{prefix}/{metric}": d.delta, f"{prefix}_low/{metric}": d.low, f"{prefix}_high/{metric}": d.high,
+                f"{prefix}_p/{metric}": d.p_value}  # fmt: skip
+    return out
+
+
+def results_table(result, baseline, ks, summary, deltas) -> str:
     head = (f"Two-stage on {summary['users']} test users: retriever v{summary['retriever.version']} "
             f"({summary['retriever.method']}, top {summary['retrieval_top_k']}) -> reranker v{summary['reranker.version']} "
             f"({summary['reranker.method']}, reranks the top {summary['rerank_top_k']}, retrieval-score fusion weight "
             f"{summary['reranker.fusion_weight']}); the true item was retrieved "
             f"for {summary['users_with_true_item_retrieved']} users, the others count as misses.")  # fmt: skip
-    return head + "\n" + format_table({"retrieval": baseline.all_users, "two-stage": result.all_users}, ks)
+    paired = (
+        f"\nTwo-stage minus retrieval, paired over the same {summary['users']} users (95% bootstrap interval, "
+        f"{next(iter(deltas.values())).resamples:,} resamples; a gain only when the interval excludes zero):"
+    )
+    return (head + "\n" + format_table({"retrieval": baseline.all_users, "two-stage": result.all_users}, ks) + paired
+            + "\n" + per_user.delta_table(deltas, "retrieval", "two-stage"))  # fmt: skip
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,9 @@ import json
 import logging
 import sys
 
-from recsys_core import registry, tracking
+from recsys_core import lineage, registry, tracking
 from recsys_core.config import Config
+from recsys_core.errors import LineageError
 from recsys_core.io import write_json
 from stages.common import paths, run_stage
 
@@ -19,7 +20,8 @@ STAGE_OF = {"retriever": "retrieval", "reranker": "rerank"}
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=sorted(STAGE_OF), help="which registered model to promote")
-    parser.add_argument("--dataset", default=None, help="dataset code (default: data.dataset_code)")
+    parser.add_argument("--dataset", default=None,
+                        help="registered-model prefix (default: from the data flags, e.g. ml-100k)")  # fmt: skip
     parser.add_argument("--version", type=int, default=None, help="version to promote (default: the candidate)")
     parser.add_argument("--metric", default="val/ndcg_at_10", help="higher is better (default val/ndcg_at_10)")
     parser.add_argument("--force", action="store_true", help="promote even if it does not beat the champion")
@@ -28,19 +30,29 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def body(cfg: Config, args: argparse.Namespace) -> None:
     root = tracking.project_root(paths().root)
     tracking.configure(root)
-    dataset = args.dataset or cfg.data.dataset_code
+    own_prefix = registry.data_prefix(cfg.data)
+    dataset = args.dataset or own_prefix
     name = registry.model_name(dataset, args.kind)
     pipeline = args.dataset is None and args.version is None  # the DVC stage: promote what this config trained
+    prepared = paths().prepared(cfg.data)
+    # The data this setting works on: versions of other data are refused, and a champion of other data gives way.
+    data_version = lineage.data_version(prepared) if dataset == own_prefix and prepared.exists() else None
     version, record = args.version, None
     if pipeline:
         method = cfg.retrieval.retrieval_method if args.kind == "retriever" else cfg.rerank.rerank_method
-        folder = paths().experiment(STAGE_OF[args.kind], method, dataset, cfg.seed)
+        folder = paths().experiment(STAGE_OF[args.kind], method, cfg.data.dataset_code, cfg.seed)
         registered = folder / "registered.json"
         if registered.exists():
-            version = json.loads(registered.read_text())["version"]
+            written = json.loads(registered.read_text())
+            if written.get("name", name) != name:  # the folder is shared by every filter setting of the dataset
+                raise LineageError(
+                    f"{registered} names {written['name']} v{written['version']}, a model of another data setting "
+                    f"than this one ({name}); train for this setting first (`dvc repro train_{STAGE_OF[args.kind]}`)"
+                )
+            version = written["version"]
         record = folder / "promotion.json"
     try:
-        decision = registry.promote(name, version, args.metric, args.force)
+        decision = registry.promote(name, version, args.metric, args.force, data_version)
     except registry.RegistryError as err:
         if pipeline and version is not None:
             raise registry.RegistryError(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recsys_core import distributed, registry, serving, tracking
+from recsys_core import distributed, lineage, per_user, registry, serving, tracking
 from recsys_core.candidates import load_gt_candidates, read_retrieved
 from recsys_core.config import Config
 from recsys_core.data.images import image_files
@@ -25,7 +25,7 @@ from recsys_core.errors import MissingArtifactError
 from recsys_core.features.store import FeatureSet, embedding_file
 from recsys_core.features.texts import attach_generated_texts
 from recsys_core.io import staged_directory
-from recsys_core.metrics import format_table, prefixed
+from recsys_core.metrics import format_table, list_mrr_name, prefixed
 from recsys_core.rerank import get_reranker_class
 from recsys_core.rerank.data import (
     CandidateSet,
@@ -35,8 +35,8 @@ from recsys_core.rerank.data import (
     from_ground_truth,
     from_retrieved,
 )
-from recsys_core.rerank.evaluate import RerankResult, evaluate_lists, list_order_result
-from recsys_core.rerank.fusion import tune_weight
+from recsys_core.rerank.evaluate import RerankResult, evaluate_lists, list_order_result, result_from_scores
+from recsys_core.rerank.fusion import tune_weight, weight_label
 from recsys_core.training import resolve_device, seed_everything
 from stages.common import paths, run_stage
 from stages.training_common import (
@@ -45,9 +45,11 @@ from stages.training_common import (
     SERVING_REQUIREMENTS,
     add_parent_run,
     fingerprint,
+    finished_version,
     loop_settings,
     pinned_requirements,
     register_model,
+    reuse_version,
     run_params,
     run_tags,
     write_curves,
@@ -56,16 +58,16 @@ from stages.training_common import (
 log = logging.getLogger("recsys.train_rerank")
 
 
-def champion_candidates(dataset: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    """retrieved.csv of the run behind `models:/{dataset}-retriever@champion`, and tags naming that version (the
-    version's own number, so that the training lists come from the very model that made the file)."""
+def champion_candidates(prefix: str, prepared: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """retrieved.csv of the run behind `models:/{prefix}-retriever@champion`, and tags naming that version (the
+    version's own number, so that the training lists come from the very model that made the file). The champion
+    must belong to the prepared data of this run."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    name = registry.model_name(dataset, "retriever")
+    name = registry.model_name(prefix, "retriever")
     try:
-        version = mlflow.MlflowClient().get_model_version_by_alias(name, registry.CHAMPION)
-    except MlflowException:
+        version = registry.get_version(prefix, "retriever", None, prepared)
+    except MissingArtifactError:
         raise MissingArtifactError(
             f"retrieval mode needs a champion retriever, and {name} has none: run `dvc repro promote_retriever` "
             f"(or `recsys train-retrieval` then `recsys promote retriever`)"
@@ -87,16 +89,17 @@ def candidate_sets(cfg: Config, seqs: Sequences, prepared: Path,
         tags = {f"gt_candidates.{k}": v for k, v in meta.items()}
         examples = GroundTruthExamples(seqs, n_items)
         return from_ground_truth(table, seqs, "val"), from_ground_truth(table, seqs, "test"), examples, tags
-    table, tags = champion_candidates(cfg.data.dataset_code)
+    prefix = registry.data_prefix(cfg.data)
+    table, tags = champion_candidates(prefix, prepared)
     k = cfg.rerank.rerank_top_k
-    examples = RetrievedExamples(seqs, retriever_scores(cfg.data.dataset_code, int(tags["retriever.version"])))
+    examples = RetrievedExamples(seqs, retriever_scores(prefix, int(tags["retriever.version"])))
     return from_retrieved(table, seqs, "val", k), from_retrieved(table, seqs, "test", k), examples, tags
 
 
-def retriever_scores(dataset: str, version: int):
+def retriever_scores(prefix: str, version: int):
     """``histories -> scores`` of that registered retriever, loaded at the first call (only rerankers trained on
-    candidate lists ask for it; BERT4Rec never does)."""
-    loaded = functools.cache(lambda: registry.load_version(dataset, "retriever", version)[0])
+    candidate lists ask for it: the LLM ones, VIP5, BERT4Rec with a list objective; cloze BERT4Rec never does)."""
+    loaded = functools.cache(lambda: registry.load_version(prefix, "retriever", version)[0])
     return lambda histories: loaded().score(histories)
 
 
@@ -139,6 +142,9 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     features = FeatureSet(prepared, cfg.features, dataset.items)
     items = item_table(dataset.items, prepared, paths().images(code))
     reranker = reranker_cls.from_data(dataset.n_items, hparams, device, items, features)
+    if hasattr(reranker, "attach_registered"):  # ltr: carries the very retriever whose lists it reranks
+        pinned = int(source_tags["retriever.version"]) if mode == "retrieval" else None
+        reranker.attach_registered(registry.data_prefix(cfg.data), prepared, pinned)
     inputs = {"interactions": prepared / INTERACTIONS, "items": prepared / ITEMS}
     if reranker.hparams.get("feature") and reranker.hparams.get("encoder"):  # VIP5's visual-token features
         feature = reranker.hparams["feature"]
@@ -146,12 +152,15 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     data_tags = tracking.data_hash_tags(inputs)
     rr = cfg.rerank
     identity = {"rerank": rr.model_dump(), "sources": source_tags}
+    train_id = fingerprint(cfg, identity, hparams, data_tags.get("data.interactions.md5", ""))
     settings = loop_settings(
         cfg, epochs=rr.rerank_epochs, lr=rr.rerank_lr, patience=rr.rerank_patience, batch_size=rr.rerank_batch_size,
-        checkpoint_dir=out / "checkpoint",
-        fingerprint=fingerprint(cfg, identity, hparams, data_tags.get("data.interactions.md5", "")),
+        checkpoint_dir=out / "checkpoint", fingerprint=train_id,
     )  # fmt: skip
-    tags = {**run_tags(root, cfg, "rerank", method, device, prepared, data_tags), "rerank_mode": mode, **source_tags}
+    protocol = lineage.reranker_protocol(mode, source_tags, int(val_set.candidates.shape[1]))
+    tags = {**run_tags(root, cfg, "rerank", method, device, prepared, data_tags, train_id), "rerank_mode": mode,
+            lineage.PROTOCOL_TAG: protocol, **source_tags}  # fmt: skip
+    prefix = registry.data_prefix(cfg.data)
     ks = cfg.training.metric_ks
     if not world.is_main:  # the other processes only train; rank 0 evaluates, saves, logs and registers
         reranker.fit(seqs, val_set, settings, ks=ks, examples=examples)
@@ -162,17 +171,26 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     name = tracking.run_name(method, code, seed)
     with tracking.training_run(root, code, name, run_params(cfg, hparams), tags, args.parent_run_id) as run:
         history = reranker.fit(seqs, val_set, settings, callbacks=[tracking.epoch_logger()], ks=ks, examples=examples)
+        repeated = finished_version(history, prefix, "reranker", train_id)
         batch = cfg.training.eval_batch_size
         fusion_metrics, alone = {}, None
-        if mode == "retrieval" and rr.rerank_score_fusion:
+        # ltr is trained on the validation lists: its validation numbers are cross-fitted, and fusion (tuned on
+        # in-sample validation scores) is skipped: the retriever's score and rank are already its features.
+        fits_on_val = getattr(reranker, "fits_on_validation", False)
+        if mode == "retrieval" and rr.rerank_score_fusion and not fits_on_val:
             weight, curve = tune_weight(reranker, val_set, cfg.training.monitor, ks, batch)
             reranker.hparams["fusion_weight"] = weight
             mlflow.log_param("fusion_weight", weight)
-            fusion_metrics = {f"fusion_val/{cfg.training.monitor}_w{w:g}": v for w, v in curve.items()}
+            monitor = cfg.training.monitor  # on lists, `mrr` is the list MRR: name it so
+            monitor = list_mrr_name(val_set.candidates.shape[1]) if monitor == "mrr" else monitor
+            fusion_metrics = {f"fusion_val/{monitor}_w{weight_label(w)}": v for w, v in curve.items()}
             alone = evaluate_lists(reranker.score, test_set, ks, batch, desc="test, reranker alone")
             fusion_metrics |= prefixed(alone.all_users, "test_reranker_only")
         weight = reranker.hparams.get("fusion_weight")
-        val = evaluate_lists(reranker.score, val_set, ks, batch, desc="val", fusion_weight=weight)
+        if fits_on_val:
+            val = result_from_scores(reranker.cross_fitted_scores(val_set), val_set, ks)
+        else:
+            val = evaluate_lists(reranker.score, val_set, ks, batch, desc="val", fusion_weight=weight)
         test = evaluate_lists(reranker.score, test_set, ks, batch, desc="test", fusion_weight=weight)
         baseline = list_order_result(test_set, ks) if mode == "retrieval" else None
         metrics = {**prefixed(val.all_users, "val"), **prefixed(test.all_users, "test"), **fusion_metrics}
@@ -183,6 +201,16 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 metrics |= prefixed(baseline.hit_users, "test_retrieval_only_hit_users")
             metrics["test_candidate_recall"] = test.n_hit / test.n_users
         mlflow.log_metrics({**metrics, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
+        if hasattr(reranker, "feature_importance"):  # ltr: the gain and split count of every feature
+            mlflow.log_table(reranker.feature_importance(), artifact_file="feature_importance.json")
+            mlflow.log_figure(reranker.importance_figure(), "feature_importance.png")
+            mlflow.set_tags({f"ltr.{k}": json.dumps(v) for k, v in reranker.sources.items()})
+        records = {"val": per_user.from_lists(val, val_set, ks), "test": per_user.from_lists(test, test_set, ks)}
+        if baseline is not None:
+            records["test_retrieval_only"] = per_user.from_lists(baseline, test_set, ks)
+        if alone is not None:
+            records["test_reranker_only"] = per_user.from_lists(alone, test_set, ks)
+        per_user.log(records)
         summary = {**metrics, "mode": mode, "fusion_weight": weight, "users": test.n_users, "users_with_true_item_in_list": test.n_hit,
                    "candidates_per_user": int(test_set.candidates.shape[1]), "best_epoch": history.best_epoch,
                    "epochs_run": len(history.epochs),
@@ -191,9 +219,11 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         with staged_directory(out) as scratch:
             reranker.save(scratch / MODEL_DIR)  # weights and settings (an LLM reranker: adapter, tokenizer, texts)
             example = next(u for u in range(len(test_set)) if len(test_set.histories[u]))
-            reqs = pinned_requirements(SERVING_REQUIREMENTS + (LLM_REQUIREMENTS if method != "bert4rec" else ()))
-            info = serving.log_reranker(scratch / MODEL_DIR, test_set.histories[example][-10:].tolist(),
-                                        [int(c) for c in test_set.candidates[example] if c], reqs)  # fmt: skip
+            extra = {"bert4rec": (), "ltr": ("lightgbm",)}.get(method, LLM_REQUIREMENTS)
+            reqs = pinned_requirements(SERVING_REQUIREMENTS + extra)
+            if repeated is None:
+                info = serving.log_reranker(scratch / MODEL_DIR, test_set.histories[example][-10:].tolist(),
+                                            [int(c) for c in test_set.candidates[example] if c], reqs)  # fmt: skip
             (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
             write_curves(history, scratch / "history.tsv")
             pd.DataFrame({"user_id": test_set.users, "target": test_set.targets, "rank": test.ranks,
@@ -201,14 +231,18 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 scratch / "reranked.csv", index=False)  # fmt: skip
             for artifact in ("metrics.json", "history.tsv", "reranked.csv"):
                 mlflow.log_artifact(str(scratch / artifact))
-            registered = register_model(scratch, info.model_uri, code, "reranker", tags, run.info.run_id, metrics)
+            if repeated is None:
+                registered = register_model(scratch, info.model_uri, prefix, "reranker", tags, run.info.run_id,
+                                            metrics)  # fmt: skip
+            else:
+                registered = reuse_version(scratch, repeated)
 
     log.info(
         "outputs in %s; registered %s version %d (alias candidate)", out, registered["name"], registered["version"]
     )
     where = "ground-truth lists" if mode == "ground_truth" else f"top {test_set.candidates.shape[1]} retrieved"
     if weight is not None:
-        where += f", fused with the retrieval score (weight {weight:g}, tuned on validation)"
+        where += f", fused with the retrieval score (weight {weight_label(weight)}, tuned on validation)"
     print(f"\n{method} reranking {where} on {code} (best epoch {history.best_epoch} of {len(history.epochs)}), "
           f"test, all {test.n_users} users ({test.n_hit} with the true item in the list):")  # fmt: skip
     print(format_table(summary_rows(test, baseline, alone), ks))

@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 
-from recsys_core import serving, tracking
+from recsys_core import lineage, per_user, registry, serving, tracking
 from recsys_core.candidates import retrieved_table
 from recsys_core.config import Config
 from recsys_core.data.store import INTERACTIONS, ITEMS, Sequences, load_prepared
@@ -24,9 +24,11 @@ from stages.common import paths, run_stage
 from stages.training_common import (
     add_parent_run,
     fingerprint,
+    finished_version,
     loop_settings,
     pinned_requirements,
     register_model,
+    reuse_version,
     run_params,
     run_tags,
     write_curves,
@@ -55,12 +57,14 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         inputs[f"embeddings.{modality}"] = embedding_file(prepared, modality, features.encoder(modality))
     data_tags = tracking.data_hash_tags(inputs)
     r = cfg.retrieval
+    train_id = fingerprint(cfg, {"retrieval": r.model_dump()}, hparams, json.dumps(data_tags, sort_keys=True))
     settings = loop_settings(
         cfg, epochs=r.retrieval_epochs, lr=r.retrieval_lr, patience=r.retrieval_patience,
-        batch_size=r.batch_size_retrieval, checkpoint_dir=out / "checkpoint",
-        fingerprint=fingerprint(cfg, {"retrieval": r.model_dump()}, hparams, json.dumps(data_tags, sort_keys=True)),
+        batch_size=r.batch_size_retrieval, checkpoint_dir=out / "checkpoint", fingerprint=train_id,
     )  # fmt: skip
-    tags = run_tags(root, cfg, "retrieval", method, device, prepared, data_tags)
+    tags = {**run_tags(root, cfg, "retrieval", method, device, prepared, data_tags, train_id),
+            lineage.PROTOCOL_TAG: "full ranking"}  # fmt: skip
+    prefix = registry.data_prefix(cfg.data)
     params = run_params(cfg, hparams)
     ks = cfg.training.metric_ks
     top_k = cfg.retrieval.retrieval_top_k
@@ -71,6 +75,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     with tracking.training_run(root, code, name, params, tags, parent_run_id=args.parent_run_id) as run:
         history = retriever.fit(seqs, settings, callbacks=[tracking.epoch_logger()],
                                 eval_batch_size=cfg.training.eval_batch_size, ks=ks)  # fmt: skip
+        repeated = finished_version(history, prefix, "retriever", train_id)
         results = {
             split: evaluate_full_ranking(retriever.score, *split_inputs(seqs, split), ks=ks,
                                          batch_size=cfg.training.eval_batch_size, keep_top=top_k, desc=split)
@@ -81,16 +86,24 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                    "best_epoch": history.best_epoch, "epochs_run": len(history.epochs),
                    "stopped_early": history.stopped_early}  # fmt: skip
         mlflow.log_metrics({**metrics, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
+        per_user.log({split: per_user.records(res.users, res.targets, res.target_rank, ks)
+                      for split, res in results.items()})  # fmt: skip
 
         with staged_directory(out) as scratch:
             retriever.save(scratch)  # weights + config: logged as the model's artifact before anything else lands
-            info = serving.log_retriever(scratch, [int(i) for i in seqs.train[1][-10:]], pinned_requirements())
+            if repeated is None:
+                info = serving.log_retriever(scratch, [int(i) for i in seqs.train[1][-10:]], pinned_requirements())
             retrieved_table(results).to_csv(scratch / "retrieved.csv", index=False)
             (scratch / "retrieved_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
             write_curves(history, scratch / "history.tsv")
             for name in ("history.tsv", "retrieved_metrics.json", "retrieved.csv"):  # rerankers read retrieved.csv
                 mlflow.log_artifact(str(scratch / name))
-            registered = register_model(scratch, info.model_uri, code, "retriever", tags, run.info.run_id, metrics)
+            if repeated is None:
+                registered = register_model(
+                    scratch, info.model_uri, prefix, "retriever", tags, run.info.run_id, metrics
+                )
+            else:
+                registered = reuse_version(scratch, repeated)
 
     log.info(
         "outputs in %s; registered %s version %d (alias candidate)", out, registered["name"], registered["version"]

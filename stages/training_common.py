@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 import recsys_core
-from recsys_core import registry, tracking
+from recsys_core import lineage, registry, tracking
 from recsys_core.config import Config
 from recsys_core.training import History, LoopSettings
 
@@ -68,10 +68,33 @@ def run_params(cfg: Config, hparams: dict) -> dict[str, Any]:
 
 
 def run_tags(root: Path, cfg: Config, stage: str, method: str, device: Any, prepared: Path,
-             data_tags: dict[str, str]) -> dict[str, str]:  # fmt: skip
+             data_tags: dict[str, str], fingerprint: str) -> dict[str, str]:  # fmt: skip
+    """Tags of a training run and of the version it registers: what, where, and the lineage (data version, prepared
+    folder, the checkpoint fingerprint that identifies the training)."""
     return {"dataset": cfg.data.dataset_code, "method": method, "stage": stage, "seed": str(cfg.seed),
-            "device": str(device), "git_commit": tracking.git_commit(root), "prepared_dir": prepared.name,
-            **data_tags}  # fmt: skip
+            "device": str(device), "git_commit": tracking.git_commit(root), **lineage.data_tags(prepared),
+            lineage.FINGERPRINT_TAG: fingerprint, **data_tags}  # fmt: skip
+
+
+def finished_version(history: History, prefix: str, kind: str, fingerprint: str):
+    """The registered version this run repeats: nothing was trained (the checkpoint had already finished) and a
+    version with the same fingerprint exists. Registering again would only add a duplicate."""
+    if not history.resumed_from or len(history.epochs) != history.resumed_from:
+        return None
+    return registry.version_with_fingerprint(registry.model_name(prefix, kind), fingerprint)
+
+
+def reuse_version(folder: Path, version) -> dict:
+    """registered.json naming an existing version (a rerun that trained nothing), for the promote stage."""
+    import mlflow
+
+    mlflow.set_tag("reused_version", f"{version.name} v{version.version}")
+    registered = {"name": version.name, "version": int(version.version), "run_id": version.run_id,
+                  "model_uri": version.source, "reused": True}  # fmt: skip
+    (folder / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
+    print(f"nothing was trained: the checkpoint had finished, and {version.name} version {version.version} (run "
+          f"{version.run_id}) is this very training; no new version registered")  # fmt: skip
+    return registered
 
 
 def write_curves(history: History, path: Path) -> None:
@@ -85,10 +108,10 @@ def add_parent_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parent_run_id", default=None, help="nest the MLflow run under this run (pipelines)")
 
 
-def register_model(folder: Path, model_uri: str, dataset: str, kind: str, tags: dict[str, str], run_id: str,
+def register_model(folder: Path, model_uri: str, prefix: str, kind: str, tags: dict[str, str], run_id: str,
                    metrics: dict[str, float]) -> dict:  # fmt: skip
     """A new registry version (alias `candidate`), recorded in ``folder/registered.json`` for the promote stage."""
-    name = registry.model_name(dataset, kind)
+    name = registry.model_name(prefix, kind)
     version = registry.register(model_uri, name, {**tags, "run_id": run_id}, metrics)
     registered = {"name": name, "version": version, "run_id": run_id, "model_uri": model_uri}
     (folder / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")

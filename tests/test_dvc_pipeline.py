@@ -28,6 +28,7 @@ def sh(cwd, *cmd, stdout_only=False):
     """Run a command; its stdout and stderr (stdout alone with ``stdout_only``: warnings go to stderr)."""
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the project's embedded store: <project>/mlflow.db
+    env.pop("MLFLOW_REGISTRY_URI", None)
     env.pop("RECSYS_PROJECT_ROOT", None)
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
@@ -106,11 +107,11 @@ def test_dvc_repro_then_nothing_to_do(project, tmp_path_factory):
     script = (
         "import mlflow, pandas as pd\n"
         f"mlflow.set_tracking_uri('sqlite:///{project}/mlflow.db')\n"
-        "m = mlflow.pyfunc.load_model('models:/custom-two-stage@champion')\n"
+        "m = mlflow.pyfunc.load_model('models:/custom_min_rating0-min_uc3-min_sc2-two-stage@champion')\n"
         "out = m.predict(pd.DataFrame({'history': [[1, 2, 3]], 'k': [5]}))\n"
         "c = mlflow.MlflowClient()\n"
         "stages = sorted(r.data.tags['stage'] for r in c.search_runs([c.get_experiment_by_name('custom').experiment_id]))\n"
-        "champions = [c.get_model_version_by_alias(f'custom-{k}', 'champion').version\n"
+        "champions = [c.get_model_version_by_alias(f'custom_min_rating0-min_uc3-min_sc2-{k}', 'champion').version\n"
         "             for k in ('retriever', 'reranker', 'two-stage')]\n"
         "print(len(out['items'][0]), len(out['titles'][0]), stages, champions)\n"
     )
@@ -154,11 +155,27 @@ def test_dvc_repro_then_nothing_to_do(project, tmp_path_factory):
     last = sh("/", sys.executable, "-c", script, stdout_only=True).strip().splitlines()[-1]
     assert last.startswith("5 5 "), last
 
+    # The learning-to-rank reranker: `dvc exp run -S rerank.rerank_method=ltr` fits LightGBM on the validation lists
+    # of the champion retriever (BM3 now), carries that retriever, and (promoted) serves inside the two-stage model.
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "bm3")
+    ltr_run = sh(project, sys.executable, "-m", "dvc", "exp", "run", "-S", "rerank.rerank_method=ltr")
+    assert "Running stage 'train_rerank'" in ltr_run and "Running stage 'train_retrieval'" not in ltr_run
+    ltr = project / "experiments/rerank/ltr/custom/seed42"
+    assert (ltr / "model/ranker.txt").read_text().startswith("tree") and (ltr / "model/retriever").is_dir()
+    version = json.loads((ltr / "registered.json").read_text())["version"]
+    sh(project, sys.executable, "-m", "stages.cli", "promote", "reranker", "--version", str(version), "--force")
+    sh(project, sys.executable, "-m", "stages.cli", "evaluate-pipeline")
+    registered = json.loads((project / "experiments/pipeline/custom/seed42/registered.json").read_text())
+    assert registered["reranker.method"] == "ltr"
+    last = sh("/", sys.executable, "-c", script, stdout_only=True).strip().splitlines()[-1]
+    assert last.startswith("5 5 "), last
+
     # The LLM reranker on the offline smoke model: `dvc exp run -S rerank.rerank_method=qwen -S llm.qwen_model=DIR`
     # trains the LoRA adapter, registers it, and (promoted) it reranks inside the served two-stage model.
     tiny = write_tiny_qwen3(tmp_path_factory.mktemp("smoke") / "qwen3", vocab="bytes")
     sh(project, "git", "add", "-A")
-    sh(project, "git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "bm3")
+    sh(project, "git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "ltr")
     llm = sh(project, sys.executable, "-m", "dvc", "exp", "run", "-S", "rerank.rerank_method=qwen",
              "-S", f"llm.qwen_model={tiny}", "-S", "rerank.rerank_epochs=1")  # fmt: skip
     assert "Running stage 'train_rerank'" in llm and "Running stage 'train_retrieval'" not in llm

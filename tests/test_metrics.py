@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recsys_core.evaluation import evaluate_full_ranking, mask_history
-from recsys_core.metrics import MetricAccumulator, metrics_from_ranks, target_ranks
+from recsys_core.metrics import MetricAccumulator, format_table, metrics_from_ranks, monitored_value, target_ranks
 
 
 def ranks(rows, targets):
@@ -88,3 +88,65 @@ def test_full_ranking_evaluation_counts_and_orders_users():
     assert result.top_items.tolist() == [[2, 3, 4], [4, 5, 6], [1, 2, 3]]
     assert n_items == 6
     assert sorted(seen_users) == [(1, 1), (2, 3), (3, 0)]  # each user's id reaches the model with its own history
+
+
+def test_list_mrr_is_named_apart_from_the_full_ranking_mrr():
+    """Lists of 3 candidates report ``mrr_at_3`` (a true item outside the list is a miss), never ``mrr``, which is
+    the full-ranking MRR; ``training.monitor: mrr`` reads whichever of the two a validation reports."""
+    from recsys_core.rerank.data import CandidateSet
+    from recsys_core.rerank.evaluate import evaluate_lists, list_order_result
+    from recsys_core.rerank.fusion import tune_weight
+    from stages.compare import LIST_MRR, format_rows, list_mrr
+
+    cset = CandidateSet(np.array([1, 2]), [np.array([9])] * 2, np.array([[1, 2, 3], [4, 5, 6]]), np.array([2, 7]),
+                        np.array([1, -1]), retrieval_scores=np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]]))  # fmt: skip
+    reranked = evaluate_lists(lambda h, c: torch.as_tensor(c, dtype=torch.float32), cset, ks=(1,))
+    for metrics in (reranked.all_users, reranked.hit_users, list_order_result(cset, ks=(1,)).all_users):
+        assert "mrr" not in metrics and "mrr_at_3" in metrics
+    assert reranked.all_users["mrr_at_3"] == pytest.approx((1 / 2 + 0) / 2)  # item 2 is second of 3; user 2 missed
+    assert monitored_value(reranked.all_users, "mrr") == reranked.all_users["mrr_at_3"]
+    full = evaluate_full_ranking(lambda h, u: torch.tensor([[0.0, 3, 2, 1]]), [np.array([1])], np.array([2]),
+                                 np.array([1]), ks=(1,)).metrics  # fmt: skip
+    assert full["mrr"] == 1.0 and monitored_value(full, "mrr") == 1.0 and "mrr_at_3" not in full
+    with pytest.raises(KeyError, match="ndcg_at_10"):
+        monitored_value(full, "ndcg_at_10")
+    weight, curve = tune_weight(type("R", (), {"score": staticmethod(lambda h, c: torch.zeros(c.shape))})(), cset,
+                                "mrr", ks=(1,))  # fmt: skip
+    assert curve[weight] == pytest.approx(1 / 4)
+    table = format_table({"full": full, "lists": reranked.all_users}, ks=(1,))
+    assert "MRR " in table and "MRR@3" in table
+    row = {"data": "d", "stage": "rerank", "method": "m", "run": "r", "version": "v1", "champion": "",
+           **dict.fromkeys(("ndcg_at_10", "recall_at_10", "hit_at_10", "ndcg_at_20", "mrr")),
+           LIST_MRR: list_mrr({"test/mrr_at_3": 0.25, "val/mrr_at_3": 0.5})}  # fmt: skip
+    assert row[LIST_MRR] == (3, 0.25) and "0.2500 (N=3)" in format_rows([row])
+
+
+def test_monitor_mrr_reads_the_list_mrr_when_a_reranker_validates_on_lists():
+    """``training.monitor: mrr`` (allowed by the config) on a model validated on candidate lists early-stops on the
+    lists' ``mrr_at_{N}``: the loop reads it through ``monitored_value``."""
+    from recsys_core.rerank.data import CandidateSet
+    from recsys_core.rerank.evaluate import evaluate_lists
+    from recsys_core.training import LoopSettings, fit
+
+    cset = CandidateSet(np.array([1, 2]), [np.array([9])] * 2, np.array([[1, 2, 3], [4, 5, 6]]), np.array([2, 6]),
+                        np.array([1, 2]))  # fmt: skip
+
+    class Task:
+        model = torch.nn.Linear(1, 1)
+
+        def optimizer(self, lr):
+            return torch.optim.SGD(self.model.parameters(), lr=lr)
+
+        def batches(self, epoch, rng):
+            yield torch.ones(1, 1)
+
+        def loss(self, batch):
+            return self.model(batch).sum() ** 2
+
+        def validate(self):
+            return evaluate_lists(lambda h, c: torch.as_tensor(c, dtype=torch.float32), cset, ks=(1,)).all_users
+
+    settings = LoopSettings(epochs=1, lr=0.1, patience=1, monitor="mrr", mixed_precision=False, resume=False)
+    history = fit(Task(), settings, torch.device("cpu"))
+    assert history.best_score == pytest.approx((1 / 2 + 1) / 2)  # item 2 second of 1..3; item 6 first of 4..6
+    assert "val_mrr_at_3" in history.epochs[0] and "val_mrr" not in history.epochs[0]

@@ -216,6 +216,106 @@ def test_a_history_without_a_user_ranks_its_cluster_first(method, task, trained)
     assert torch.isfinite(empty[:, 1:]).all()
 
 
+# ---- serving = evaluation ---------------------------------------------------------------------------------------
+def served_models(retriever, folder: Path, fusion_weight=1.0):
+    """The retriever and two-stage pyfuncs, loaded as MLflow loads them (load_context on saved artifacts), around
+    ``retriever`` and a tiny untrained BERT4Rec storing ``fusion_weight``."""
+    import json
+    from types import SimpleNamespace
+
+    from recsys_core.rerank.bert4rec import BERT4Rec
+    from recsys_core.serving import RetrieverModel, TwoStageModel
+
+    seed_everything(3)
+    cfg = tiny_config(**{"bert4rec.bert_hidden_size": 16, "bert4rec.bert_num_blocks": 1, "bert4rec.bert_max_len": 16})
+    reranker = BERT4Rec(N_ITEMS, {**BERT4Rec.hyperparameters(cfg, "beauty"), "fusion_weight": fusion_weight})
+    retriever.save(folder / "retriever")
+    reranker.save(folder / "reranker")
+    pd.DataFrame({"item_id": np.arange(1, N_ITEMS + 1), "title": [f"t{i}" for i in range(1, N_ITEMS + 1)]}).to_parquet(
+        folder / "items.parquet"
+    )
+    (folder / "settings.json").write_text(json.dumps({"retrieval_top_k": 20, "rerank_top_k": 10}))
+    context = SimpleNamespace(artifacts={"retriever": str(folder / "retriever"), "reranker": str(folder / "reranker"),
+                                         "items": str(folder / "items.parquet"),
+                                         "settings": str(folder / "settings.json")})  # fmt: skip
+    served_retriever, two_stage = RetrieverModel(), TwoStageModel()
+    served_retriever.load_context(context)
+    two_stage.load_context(context)
+    return served_retriever, two_stage
+
+
+@pytest.mark.parametrize("method", ["vbpr", "mmgcn"])
+def test_a_request_with_user_id_gets_what_evaluation_computed(method, task, trained, tmp_path):
+    """evaluate_pipeline's path (TwoStage.candidate_set with every test user's id, then the fused reranking) and the
+    served two-stage model asked with a user's test history and user_id give the same lists and scores; without the
+    user_id the served model folds the history in, which gives other lists."""
+    from recsys_core.pipeline import TwoStage
+    from recsys_core.rerank.evaluate import evaluate_lists
+
+    seqs, _, _ = task
+    retriever, two_stage = served_models(trained(method), tmp_path)
+    pipeline = two_stage.pipeline
+    assert isinstance(pipeline, TwoStage) and pipeline.reranker.hparams["fusion_weight"] == 1.0
+    histories, targets, users = split_inputs(seqs, "test")
+    cset = pipeline.candidate_set(histories, targets, users)
+    evaluated = evaluate_lists(pipeline.reranker.score, cset, ks=(10,), fusion_weight=1.0)
+    full = evaluate_full_ranking(pipeline.retriever.score, histories, targets, users, ks=(10,), keep_top=10)
+
+    rows = np.arange(0, len(users), 7)  # a spread of users
+    request = pd.DataFrame({"history": [histories[r].tolist() for r in rows], "k": 10,
+                            "user_id": [int(users[r]) for r in rows]})  # fmt: skip
+    answer = two_stage.predict(None, request)
+    for row, items, scores in zip(rows, answer["items"], answer["scores"], strict=True):
+        assert items == evaluated.order[row, :10].tolist()
+        np.testing.assert_allclose(scores, evaluated.scores[row, :10], rtol=1e-5, atol=1e-5)
+    ranked = retriever.predict(None, request)
+    assert [list(i) for i in ranked["items"]] == full.top_items[rows].tolist()
+
+    folded = two_stage.predict(None, request.drop(columns="user_id"))
+    differ = sum(a != b for a, b in zip(folded["items"], answer["items"], strict=True))
+    assert differ >= len(rows) // 2, (differ, len(rows))  # fold-in is another query vector: other lists
+    mixed = request.astype({"user_id": object})
+    mixed.loc[1, "user_id"] = None  # one row without a user: that row alone folds in
+    both = two_stage.predict(None, mixed)
+    assert both["items"][1] == folded["items"][1] and both["items"][0] == answer["items"][0]
+
+
+def test_the_logged_two_stage_model_takes_user_ids_with_nulls(task, trained, tmp_path, monkeypatch):
+    """Through MLflow's own schema check: a user_id column with a null (pandas makes it float with NaN, which a
+    ``long`` column would reject) is accepted, and each row gets what the unlogged model gives."""
+    import mlflow
+
+    from recsys_core.serving import log_two_stage
+
+    seqs, _, _ = task
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    _, direct = served_models(trained("vbpr"), tmp_path)
+    with mlflow.start_run():
+        info = log_two_stage(tmp_path / "retriever", tmp_path / "reranker", tmp_path / "items.parquet",
+                             tmp_path / "settings.json", seqs.train[1].tolist(), [])  # fmt: skip
+    logged = mlflow.pyfunc.load_model(info.model_uri)
+    request = pd.DataFrame.from_records([{"history": seqs.train[u].tolist(), "k": 5, "user_id": u} for u in (1, 2)]
+                                        + [{"history": seqs.train[3].tolist(), "k": 5}])  # fmt: skip
+    assert request["user_id"].isna().tolist() == [False, False, True]
+    answer = logged.predict(request)
+    assert answer["items"].tolist() == direct.predict(None, request)["items"].tolist()
+
+
+def test_an_unknown_user_id_is_an_error_naming_the_range(task, trained, tmp_path):
+    seqs, _, _ = task
+    retriever, two_stage = served_models(trained("vbpr"), tmp_path)
+    n_users = len(seqs.train) - 1
+    for model in (retriever, two_stage):
+        for bad in (n_users + 1, 0):
+            request = pd.DataFrame({"history": [[1, 2]], "user_id": [bad]})
+            with pytest.raises(ValueError, match=rf"user_id.*{bad}.*" if bad else r"integer >= 1"):
+                model.predict(None, request)
+    with pytest.raises(ValueError, match=rf"{n_users + 1}.*1\.\.{n_users}"):
+        two_stage.predict(None, pd.DataFrame({"history": [[1, 2]], "user_id": [n_users + 1]}))
+    with pytest.raises(ValueError, match="integer >= 1"):
+        two_stage.predict(None, pd.DataFrame({"history": [[1, 2]], "user_id": ["u1"]}))
+
+
 # ---- modalities ---------------------------------------------------------------------------------------------------
 def test_vbpr_asks_for_text_when_the_images_are_missing(task, tmp_path):
     seqs, vectors, _ = task

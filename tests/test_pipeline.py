@@ -26,6 +26,9 @@ FAST = ["--dataset_code", "custom", "--custom_interactions", "mine.csv", "--min_
         "--bert_max_len", "16", "--rerank_lr", "0.01", "--rerank_epochs", "3", "--rerank_batch_size", "32"]  # fmt: skip
 
 
+PREFIX = "custom_min_rating0-min_uc3-min_sc1"  # registered models are named after the prepared data
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -48,7 +51,7 @@ def test_train_pipeline_compare_and_serve(workdir, monkeypatch, capsys):
     assert sorted(r.data.tags["stage"] for r in children) == ["pipeline", "rerank", "retrieval"]
     pipeline = next(r for r in children if r.data.tags["stage"] == "pipeline")
     for kind in ("retriever", "reranker", "two-stage"):
-        champion = client.get_model_version_by_alias(f"custom-{kind}", "champion")
+        champion = client.get_model_version_by_alias(f"{PREFIX}-{kind}", "champion")
         assert int(champion.version) == 1
     assert pipeline.data.tags["retriever.version"] == "1" and pipeline.data.tags["reranker.version"] == "1"
     assert "data.interactions.md5" in pipeline.data.tags
@@ -60,11 +63,24 @@ def test_train_pipeline_compare_and_serve(workdir, monkeypatch, capsys):
     assert cli.main(["compare", "--dataset", "custom"]) == 0
     table = capsys.readouterr().out
     assert "retrieval" in table and "rerank (retrieval)" in table and "lrurec+bert4rec" in table and "yes" in table
+    assert PREFIX in table  # each data setting's runs on their own rows
+
+    # Any two evaluated runs pair per user: the two-stage model against the retriever's full ranking.
+    assert cli.main(["compare", f"{PREFIX}-retriever@champion", f"models:/{PREFIX}-two-stage/1"]) == 0
+    paired = capsys.readouterr().out
+    assert "paired over the same 100 users" in paired and "10,000 resamples" in paired
+    assert "ndcg_at_10" in paired and "recall_at_20" in paired and "95% CI" in paired
+    records = mlflow.artifacts.download_artifacts(run_id=pipeline.info.run_id, artifact_path="per_user/test.csv")
+    per_user = pd.read_csv(records)
+    assert len(per_user) == 100 and {"user_id", "target", "rank", "ndcg_at_10", "mrr_at_10"} <= set(per_user)
+    assert per_user["ndcg_at_10"].mean() == pytest.approx(pipeline.data.metrics["test/ndcg_at_10"], abs=1e-5)
+    assert {"test_delta/ndcg_at_10", "test_delta_low/ndcg_at_10", "test_delta_p/recall_at_10"} <= set(
+        pipeline.data.metrics)  # fmt: skip
 
     port = free_port()
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/custom-two-stage@champion",
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{PREFIX}-two-stage@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -57,14 +57,28 @@ def prepared(rows, **kw):
     return preprocess(raw_dataset(rows), DataConfig(**{"min_uc": 3, "min_sc": 2, **kw}))
 
 
-def test_every_user_has_train_val_and_test_in_time_order():
-    ds = prepared(random_log(50, 30, (3, 12), seed=1))
+def raw_of(ds):
+    """(raw user, raw item) of every prepared row, in the prepared order."""
+    users = ds.interactions["user_id"].map(ds.users.set_index("user_id")["raw_id"])
+    items = ds.interactions["item_id"].map(ds.items.set_index("item_id")["raw_id"])
+    return list(zip(users, items, strict=True))
+
+
+@pytest.mark.parametrize("tie_order", ["file", "item_id", "shuffle"])
+def test_every_user_has_train_val_and_test_in_time_order(tie_order):
+    rows = random_log(50, 30, (3, 12), seed=1)
+    ds = prepared(rows, tie_order=tie_order)
     inter = ds.interactions
     counts = inter.groupby(["user_id", "split"], observed=False).size().unstack()
     assert (counts["train"] >= 1).all() and (counts["val"] == 1).all() and (counts["test"] == 1).all()
+    line = {(u, i): n for n, (u, i, _, _) in enumerate(rows, start=1)}  # random_log has no repeated pairs
+    inter = inter.assign(line=[line[p] for p in raw_of(ds)])
     for _, group in inter.groupby("user_id"):
-        key = list(zip(group["timestamp"], group["item_id"], strict=True))
-        assert key == sorted(key), "per-user order is (timestamp, item)"
+        assert group["timestamp"].is_monotonic_increasing
+        if tie_order != "shuffle":
+            second = "line" if tie_order == "file" else "item_id"
+            key = list(zip(group["timestamp"], group[second], strict=True))
+            assert key == sorted(key), f"per-user order is (timestamp, {second})"
         assert group["split"].tolist()[-2:] == ["val", "test"]
         train_ts = group.loc[group["split"] == "train", "timestamp"]
         val_ts = group.loc[group["split"] == "val", "timestamp"].iloc[0]
@@ -72,20 +86,84 @@ def test_every_user_has_train_val_and_test_in_time_order():
         assert train_ts.max() <= val_ts <= test_ts
 
 
-def test_ties_are_broken_by_item_id():
-    rows = [("u", "b", 5.0, 10), ("u", "a", 5.0, 10), ("u", "c", 5.0, 5), ("v", "a", 5.0, 1), ("v", "b", 5.0, 2),
-            ("v", "c", 5.0, 3)]  # fmt: skip
-    ds = prepared(rows, min_sc=1)
-    items = ds.items.set_index("item_id")["raw_id"]
-    order = ds.interactions[ds.interactions["user_id"] == 1]["item_id"].map(items).tolist()
-    assert order == ["c", "a", "b"]
+TIED = [("u", "b", 5.0, 10), ("u", "a", 5.0, 10), ("u", "c", 5.0, 5), ("v", "a", 5.0, 1), ("v", "b", 5.0, 2),
+        ("v", "c", 5.0, 3)]  # fmt: skip
 
 
-def test_held_out_items_never_appear_in_the_train_sequence():
+def user_order(ds, raw_user="u"):
+    return [i for u, i in raw_of(ds) if u == raw_user]
+
+
+def test_ties_are_broken_by_item_id_on_request():
+    ds = prepared(TIED, min_sc=1, tie_order="item_id")
+    assert user_order(ds) == ["c", "a", "b"]
+    assert ds.stats["tie_order"] == "item_id"
+
+
+def test_ties_follow_the_file_order_by_default():
+    ds = prepared(TIED, min_sc=1)
+    assert user_order(ds) == ["c", "b", "a"]  # b is on line 1, a on line 2
+    assert ds.stats["tie_order"] == "file"
+    assert ds.stats["held_out_in_ties"] == {"val": 1, "test": 1}
+    split = dict(zip(raw_of(ds), ds.interactions["split"], strict=True))
+    assert split[("u", "a")] == "test" and split[("u", "b")] == "val"
+    # The raw rows' position in the table does not matter, only their line numbers.
+    raw = raw_dataset(TIED)
+    raw.interactions = raw.interactions.iloc[::-1].reset_index(drop=True)
+    again = preprocess(raw, DataConfig(min_uc=3, min_sc=1))
+    pd.testing.assert_frame_equal(again.interactions, ds.interactions)
+
+
+def test_shuffled_ties_are_seeded_and_differ_from_file_and_item_order():
+    items = [f"i{k:02d}" for k in range(20)]
+    rows = [("u", i, 5.0, 7) for i in reversed(items)] + [("v", i, 5.0, k) for k, i in enumerate(items)]
+    first = prepared(rows, min_sc=1, tie_order="shuffle")
+    again = prepared(rows, min_sc=1, tie_order="shuffle")
+    pd.testing.assert_frame_equal(first.interactions, again.interactions)
+    order = user_order(first)
+    assert sorted(order) == items and order not in (items, items[::-1])
+    assert user_order(first, "v") == items  # no ties: time order alone
+    assert first.stats["tie_order"] == "shuffle" and first.stats["held_out_in_ties"] == {"val": 1, "test": 1}
+
+
+@pytest.mark.parametrize("tie_order", ["file", "item_id", "shuffle"])
+def test_repeat_removal_keeps_the_first_in_the_tie_order(tie_order):
+    """Two ratings of item a at the same time: the one kept is the one the tie order puts first."""
+    rows = [("u", "a", 2.0, 10), ("u", "b", 5.0, 10), ("u", "a", 4.0, 10), ("u", "c", 5.0, 1)]
+    ds = prepared(rows, min_sc=1, tie_order=tie_order)
+    rating = dict(zip(user_order(ds), ds.interactions["rating"], strict=True))
+    if tie_order == "shuffle":
+        from recsys_core.data.preprocess import SHUFFLE_SEED
+
+        rank = np.random.default_rng(SHUFFLE_SEED).permutation(len(rows))
+        assert rating["a"] == (2.0 if rank[0] < rank[2] else 4.0)
+        assert user_order(ds)[1:] == (["a", "b"] if rank[0 if rating["a"] == 2.0 else 2] < rank[1] else ["b", "a"])
+    else:
+        assert rating["a"] == 2.0  # line 1 before line 3
+        assert user_order(ds) == ["c", "a", "b"]
+
+
+def test_min_rating_runs_before_repeat_removal():
+    """Rated 1 and later 5: with min_rating 4 the item stays (with its later time), and it is the test item."""
+    rows = [("u", "a", 1.0, 10), ("u", "b", 5.0, 20), ("u", "c", 5.0, 30), ("u", "a", 5.0, 40),
+            ("v", "a", 5.0, 1), ("v", "b", 5.0, 2), ("v", "c", 5.0, 3)]  # fmt: skip
+    ds = prepared(rows, min_sc=1, min_rating=4)
+    assert user_order(ds) == ["b", "c", "a"]
+    test = dict(zip(raw_of(ds), ds.interactions["split"], strict=True))
+    assert test[("u", "a")] == "test"
+    steps = [s["step"] for s in ds.stats["filters"]]
+    assert steps == ["raw", "drop_duplicate_rows", "min_rating", "drop_repeat_interactions", "k_core"]
+    assert ds.stats["filters"][3]["detail"].startswith("0 later repeats")
+
+
+@pytest.mark.parametrize("tie_order", ["file", "item_id", "shuffle"])
+def test_held_out_items_never_appear_in_the_train_sequence(tie_order):
     rows = random_log(40, 20, (4, 10), seed=2)
-    # Re-purchases: the same item again later for many users (the last one would otherwise leak into train).
+    # Re-purchases: the same item again later for many users (the last one would otherwise leak into train), and
+    # again at the same time (a repeat inside a tie).
     rows += [(u, i, r, t + 10**6) for (u, i, r, t) in rows[::3]]
-    ds = prepared(rows)
+    rows += [(u, i, 6.0 - r, t) for (u, i, r, t) in rows[1::4]]
+    ds = prepared(rows, tie_order=tie_order)
     seqs = Sequences.from_dataset(ds)
     for user in range(1, ds.n_users + 1):
         assert seqs.val[user] not in seqs.train[user] and seqs.test[user] not in seqs.train[user]

@@ -126,3 +126,45 @@ def test_retrieved_examples_score_once_and_reshuffle_every_draw(seqs):
             assert cands[idx] == s.train[user][len(hist)]
     gt = GroundTruthExamples(s, n_items).draw(8, np.random.default_rng(0))
     assert gt.candidates.shape[1] == 8 and (gt.target_index >= 0).all()
+
+
+def test_retrieval_lists_longer_than_the_unblocked_pool_drop_masked_slots():
+    """6 items, lists of 10: each prefix has fewer unblocked items than slots. The masked slots (history, held-out,
+    padding id 0) must not become candidates; the lists end in 0 padding, which the shuffle never moves."""
+    n_items = 6
+    train = [np.zeros(0, np.int64), np.array([1, 2, 3]), np.array([4, 5, 6, 1])]
+    s = Sequences(train, np.array([0, 4, 2]), np.array([0, 5, 3]))
+
+    def everything_equal(histories):
+        return torch.zeros(len(histories), n_items + 1)  # ties everywhere: topk may pick masked slots first
+
+    ex = retrieval_training_examples(s, everything_equal, 10, np.random.default_rng(0))
+    assert len(ex.users) == 5  # 2 + 3 prefixes, the next item always retrieved
+    for user, hist, cands, idx in zip(ex.users, ex.histories, ex.candidates, ex.target_index, strict=True):
+        blocked = set(hist.tolist()) | {int(s.val[user]), int(s.test[user])}
+        real = cands[cands != 0]
+        assert set(real.tolist()) == set(range(1, n_items + 1)) - blocked  # every unblocked item, nothing else
+        assert len(set(real.tolist())) == len(real) and (cands[len(real) :] == 0).all()  # padding only at the end
+        assert 0 <= idx < len(real) and cands[idx] == s.train[user][len(hist)]
+    assert ex.candidates.shape == (5, 10)  # padded to the requested width
+    source = RetrievedExamples(s, everything_equal)
+    for seed in range(5):
+        drawn = source.draw(10, np.random.default_rng(seed))
+        for cands, idx in zip(drawn.candidates, drawn.target_index, strict=True):
+            k = int((cands != 0).sum())
+            assert (cands[:k] != 0).all() and (cands[k:] == 0).all() and idx < k
+
+
+def test_retrieved_lists_of_other_targets_are_refused(seqs):
+    """A retrieved.csv made on another split (other targets) is refused, not read with every target missing."""
+    from recsys_core.errors import LineageError
+
+    s, n_items = seqs
+    users = np.arange(1, len(s.train))
+    rows = [{"split": "test", "user_id": u, "target": int(s.test[u]), "target_rank": 0.0,
+             "candidates": np.array([s.test[u], 1, 2]), "scores": np.array([3.0, 2.0, 1.0])} for u in users]  # fmt: skip
+    table = pd.DataFrame(rows)
+    assert from_retrieved(table, s, "test", 3).hit_mask.all()
+    table.loc[4, "target"] = (s.test[users[4]] % n_items) + 1  # one user's target from another split
+    with pytest.raises(LineageError, match=f"differ from the prepared split for 1 of {len(users)} users"):
+        from_retrieved(table, s, "test", 3)

@@ -24,6 +24,7 @@ FAST = ["--dataset_code", "custom", "--custom_interactions", "mine.csv", "--min_
         "--rerank_eval_candidates", "5", "--rerank_top_k", "10", "--retrieval_top_k", "20", "--lru_hidden_size", "16",
         "--lru_num_blocks", "1", "--lru_max_len", "16", "--batch_size_retrieval", "32", "--device", "cpu"]  # fmt: skip
 EXP = "experiments/retrieval/lrurec/custom/seed42"
+NAME = "custom_min_rating0-min_uc3-min_sc1-retriever"  # registered models are named after the prepared data
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def project(workdir, monkeypatch):
 
 
 def alias(c, name: str) -> int:
-    return int(c.get_model_version_by_alias("custom-retriever", name).version)
+    return int(c.get_model_version_by_alias(NAME, name).version)
 
 
 def client():
@@ -87,17 +88,17 @@ def test_train_register_promote_and_serve(project, capsys):
     assert tags["data.interactions.md5"] == dvc_md5(prepared / "interactions.parquet") and "git_commit" in tags
 
     # The registry: version 1 is the candidate; promotion makes it the champion.
-    v1 = c.get_model_version_by_alias("custom-retriever", "candidate")
+    v1 = c.get_model_version_by_alias(NAME, "candidate")
     assert int(v1.version) == 1 and v1.tags["method"] == "lrurec" and "metric.val/ndcg_at_10" in v1.tags
-    assert cli.main(["promote", "retriever", "--dataset", "custom"]) == 0
+    assert cli.main(["promote", "retriever", *FAST]) == 0
     assert alias(c, "champion") == 1
-    assert c.get_model_version("custom-retriever", "1").tags["promotion.decision"] == "promoted"
+    assert c.get_model_version(NAME, "1").tags["promotion.decision"] == "promoted"
 
     # The champion loads in a fresh process and gives the trained model's top-K.
     histories = [[1, 2, 3], [7]]
     script = (
         "import json, sys, mlflow, pandas as pd\n"
-        "m = mlflow.pyfunc.load_model('models:/custom-retriever@champion')\n"
+        f"m = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
         f"out = m.predict(pd.DataFrame({{'history': {histories}, 'k': [5, 5]}}))\n"
         "print(json.dumps(out['items'].tolist()))\n"
     )
@@ -115,12 +116,12 @@ def test_train_register_promote_and_serve(project, capsys):
 
     # A worse model becomes the candidate but not the champion, unless forced.
     assert cli.main(["train-retrieval", *FAST, "--retrieval_epochs", "1", "--retrieval_lr", "0.00001"]) == 0
-    assert cli.main(["promote", "retriever", "--dataset", "custom"]) == 0
-    v2 = c.get_model_version("custom-retriever", "2")
+    assert cli.main(["promote", "retriever", *FAST]) == 0
+    v2 = c.get_model_version(NAME, "2")
     assert alias(c, "candidate") == 2
     assert alias(c, "champion") == 1
     assert v2.tags["promotion.decision"] == "not promoted" and "does not beat version 1" in v2.tags["promotion.reason"]
-    assert cli.main(["promote", "retriever", "--dataset", "custom", "--version", "2", "--force"]) == 0
+    assert cli.main(["promote", "retriever", *FAST, "--version", "2", "--force"]) == 0
     assert alias(c, "champion") == 2
 
 

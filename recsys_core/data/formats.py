@@ -159,27 +159,88 @@ def read_delimited_interactions(
     return frame, bad
 
 
-def coerce_interactions(
-    raw: pd.DataFrame, line_no: np.ndarray, texts: list[str] | None, bad: BadLines
-) -> pd.DataFrame:
-    """String columns -> typed interactions; lines with empty ids or non-numeric rating/timestamp go to ``bad``."""
-    user = raw["user"].astype("str").str.strip()
-    item = raw["item"].astype("str").str.strip()
-    rating = pd.to_numeric(raw["rating"].astype("str").str.strip(), errors="coerce")
-    timestamp = pd.to_numeric(raw["timestamp"].astype("str").str.strip(), errors="coerce")
+# What pandas' default NA parsing (read_csv without keep_default_na=False) turns into NaN, plus the empty string. An
+# id that is one of these after stripping whitespace is missing, not a user or item called "nan": such lines are
+# malformed ("missing user id" / "missing item id"). Case matters, as in pandas: only the spellings listed here are
+# missing ("NAN" or "Nan" stay ids). tests/test_split_inputs.py checks the list against pandas' own parsing.
+MISSING_ID_TOKENS = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+     "NULL", "NaN", "None", "n/a", "nan", "null"}
+)  # fmt: skip
+INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+_INTEGER = r"[+-]?[0-9]+"
+
+
+def _id_column(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Ids as stripped text and a mask of the missing ones (a real null, or a MISSING_ID_TOKENS spelling)."""
+    null = values.isna().to_numpy()
+    text = values.astype("str").str.strip()
+    return text, null | text.isin(MISSING_ID_TOKENS).to_numpy()
+
+
+def parse_timestamps(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Text timestamps -> (int64 seconds, non-numeric mask, out-of-range mask).
+
+    Integers are read exactly (no trip through float64, so 19-digit nanosecond times keep every digit); other
+    numbers ("874965758.0", "1e9") are floored. A value is out of range when it is not finite ("inf") or does not fit
+    int64 (e.g. 1e20, which a plain cast would wrap to -9223372036854775808 and sort first). Negative times (before
+    1970) are legal.
+    """
+    text = values.astype("str").str.strip()
+    out = np.zeros(len(text), dtype=np.int64)
+    non_numeric = np.zeros(len(text), dtype=bool)
+    out_of_range = np.zeros(len(text), dtype=bool)
+    integer = text.str.fullmatch(_INTEGER).fillna(False).to_numpy(dtype=bool)
+    if integer.any():
+        digits = text[integer].str.lstrip("+-").str.lstrip("0")
+        negative = text[integer].str.startswith("-").to_numpy()
+        width = digits.str.len().to_numpy()
+        limit = np.where(negative, str(-INT64_MIN), str(INT64_MAX))
+        fits = (width < 19) | ((width == 19) & (digits.to_numpy(dtype=object) <= limit))
+        where = np.flatnonzero(integer)
+        out[where[fits]] = text.iloc[where[fits]].astype(np.int64).to_numpy()
+        out_of_range[where[~fits]] = True
+    rest = np.flatnonzero(~integer)
+    if len(rest):
+        number = pd.to_numeric(text.iloc[rest], errors="coerce").to_numpy(dtype=np.float64)
+        floored = np.floor(number)
+        # float64 bounds: -2**63 is exact; 2**63 is the first value above int64.
+        ok = np.isfinite(floored) & (floored >= -(2.0**63)) & (floored < 2.0**63)
+        out[rest[ok]] = floored[ok].astype(np.int64)
+        non_numeric[rest[np.isnan(number)]] = True
+        out_of_range[rest[~ok & ~np.isnan(number)]] = True
+    return out, non_numeric, out_of_range
+
+
+def coerce_interactions(raw: pd.DataFrame, line_no: np.ndarray, texts: list[str] | None, bad: BadLines) -> pd.DataFrame:
+    """String columns -> typed interactions, in the given (file) order with its line numbers in ``line``.
+
+    Lines go to ``bad`` with one reason each: "missing user id" / "missing item id" (empty, a real null, or a
+    spelling in MISSING_ID_TOKENS such as "nan", "None", "null", "NA"), "non-numeric rating" (also "inf"),
+    "non-numeric timestamp", or "timestamp out of range" (not finite or outside int64; see parse_timestamps).
+    """
+    user, user_missing = _id_column(raw["user"])
+    item, item_missing = _id_column(raw["item"])
+    rating = pd.to_numeric(raw["rating"].astype("str").str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    timestamp, ts_non_numeric, ts_out_of_range = parse_timestamps(raw["timestamp"])
     reasons = np.full(len(raw), "", dtype=object)
-    reasons[(timestamp.isna() | ~np.isfinite(timestamp.fillna(0))).to_numpy()] = "non-numeric timestamp"
-    reasons[(rating.isna() | ~np.isfinite(rating.fillna(0))).to_numpy()] = "non-numeric rating"
-    reasons[((user == "") | (item == "")).to_numpy()] = "empty user or item id"
+    # Later assignments win: a line reports its first problem in column order.
+    reasons[ts_out_of_range] = "timestamp out of range"
+    reasons[ts_non_numeric] = "non-numeric timestamp"
+    reasons[~np.isfinite(rating)] = "non-numeric rating"
+    reasons[item_missing] = "missing item id"
+    reasons[user_missing] = "missing user id"
     is_bad = reasons != ""
     if is_bad.any():
         idx = np.flatnonzero(is_bad)
         head = idx[:EXAMPLES_KEPT]
         shown = [texts[i] for i in head] if texts is not None else [str(raw.iloc[i].tolist()) for i in head]
+        shown_column = {"non-numeric rating": "rating", "non-numeric timestamp": "timestamp",
+                        "timestamp out of range": "timestamp"}  # fmt: skip
         details = []
         for i in head:
-            column = "rating" if reasons[i] == "non-numeric rating" else "timestamp"
-            details.append(reasons[i] + (f" {raw[column].iloc[i]!r}" if "non-numeric" in reasons[i] else ""))
+            column = shown_column.get(reasons[i])
+            details.append(reasons[i] + (f" {raw[column].iloc[i]!r}" if column else ""))
         bad.add_many(line_no[head], details, shown)
         bad.count += len(idx) - len(head)
     ok = ~is_bad
@@ -187,9 +248,9 @@ def coerce_interactions(
         {
             "user": user[ok].to_numpy(dtype=object),
             "item": item[ok].to_numpy(dtype=object),
-            "rating": rating[ok].to_numpy(dtype=np.float64),
-            "timestamp": np.floor(timestamp[ok].to_numpy(dtype=np.float64)).astype(np.int64),
-            "line": line_no[ok].astype(np.int64),
+            "rating": rating[ok],
+            "timestamp": timestamp[ok],
+            "line": np.asarray(line_no)[ok].astype(np.int64),
         }
     )
 
@@ -257,4 +318,6 @@ def read_table(path: Path) -> pd.DataFrame:
         try:
             return pd.read_csv(path, sep=seps[suffix], dtype=str, keep_default_na=False, on_bad_lines="error")
         except pd.errors.ParserError as err:
-            raise DataFormatError(f"{path}: {err}. Fix the line named, or quote fields that hold the separator.") from None
+            raise DataFormatError(
+                f"{path}: {err}. Fix the line named, or quote fields that hold the separator."
+            ) from None

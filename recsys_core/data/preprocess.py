@@ -13,7 +13,7 @@ import pandas as pd
 from recsys_core.config import DataConfig
 from recsys_core.data.sources.base import ITEM_COLUMNS, RawDataset
 from recsys_core.data.text import item_text
-from recsys_core.errors import EmptyDatasetError
+from recsys_core.errors import DataFormatError, EmptyDatasetError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ ItemFilter = tuple[str, Callable[[pd.DataFrame], np.ndarray]]
 
 @dataclass
 class PreparedDataset:
-    """Dense ids (items 1..N, users 1..U; 0 is padding), interactions sorted by (user, timestamp, item)."""
+    """Dense ids (items 1..N, users 1..U; 0 is padding), interactions sorted by user, then timestamp, then the
+    tie order (``DataConfig.tie_order``)."""
 
     interactions: pd.DataFrame  # user_id, item_id, rating, timestamp, split
     items: pd.DataFrame  # item_id, raw_id, title, description, text, image_url, image_path, categories, brand
@@ -97,24 +98,54 @@ def _dense_order(raw_ids: np.ndarray) -> np.ndarray:
     return np.sort(raw_ids.astype(str))
 
 
+# --tie_order shuffle: one fixed permutation of the raw rows (taken in file order) drawn with numpy's
+# default_rng(SHUFFLE_SEED). It does not depend on --seed, so every training seed sees the same prepared data.
+SHUFFLE_SEED = 0
+
+
+def _tie_keys(frame: pd.DataFrame, tie_order: str) -> np.ndarray:
+    """Per raw row (``frame`` in file order), the key that orders one user's interactions within one timestamp
+    before dense ids exist: the file line for "file", a seeded random rank for "shuffle". For "item_id" it is the
+    line too: there it only decides between rows of the same (user, item, timestamp), i.e. which repeat is kept;
+    different items are ordered by dense item id in ``_finalise``."""
+    if tie_order == "shuffle":
+        return np.random.default_rng(SHUFFLE_SEED).permutation(len(frame)).astype(np.int64)
+    return frame["line"].to_numpy(np.int64)
+
+
 def preprocess(raw: RawDataset, cfg: DataConfig, item_filters: Sequence[ItemFilter] = ()) -> PreparedDataset:
-    """Apply the filters in order, then the k-core (again after any item filter), then ids and the split."""
+    """Apply the filters in order, then the k-core (again after any item filter), then ids and the split.
+
+    Order: drop exact duplicate rows (keeping the first line), ``min_rating``, drop later repeats of a (user, item)
+    pair (keeping the first remaining one), the item filters, the iterative k-core. Each user's interactions are in
+    time order; equal timestamps follow ``cfg.tie_order``: "file" (the raw file's line order, the default),
+    "item_id" (dense item id) or "shuffle" (seeded by SHUFFLE_SEED). "Later" repeats are later in that same order.
+    """
+    if "line" not in raw.interactions:
+        raise DataFormatError(
+            "the raw interactions have no 'line' column (line number in the raw file); the source must keep it so "
+            "that equal timestamps can follow the file order"
+        )
     counts = _Counts()
     frame = raw.interactions[["user", "item", "rating", "timestamp", "line"]]
+    frame = frame.sort_values("line", kind="stable").reset_index(drop=True)
+    frame = frame.assign(tie=_tie_keys(frame, cfg.tie_order))
     counts.record("raw", frame)
 
     exact = frame.duplicated(["user", "item", "rating", "timestamp"], keep="first")
     frame = frame[~exact.to_numpy()]
     counts.record("drop_duplicate_rows", frame, f"{int(exact.sum())} identical rows dropped")
-    # A repeated (user, item) would put a test item inside its own training history: keep the first occurrence.
-    frame = frame.sort_values(["user", "timestamp", "line"], kind="stable")
-    repeats = frame.duplicated(["user", "item"], keep="first")
-    frame = frame[~repeats.to_numpy()]
-    counts.record("drop_repeat_interactions", frame, f"{int(repeats.sum())} later repeats of a user-item pair")
 
+    # Before repeat removal: an item rated 1 and later 5 keeps its 5 (repeat removal first would drop it entirely).
     if cfg.min_rating > 0:
         frame = frame[frame["rating"].to_numpy() >= cfg.min_rating]
         counts.record("min_rating", frame, f"rating >= {cfg.min_rating}")
+
+    # A repeated (user, item) would put a test item inside its own training history: keep the first occurrence.
+    frame = frame.sort_values(["user", "timestamp", "tie"], kind="stable")
+    repeats = frame.duplicated(["user", "item"], keep="first")
+    frame = frame[~repeats.to_numpy()]
+    counts.record("drop_repeat_interactions", frame, f"{int(repeats.sum())} later repeats of a user-item pair")
 
     items_meta = raw.items.set_index("raw_id", drop=False)
     filters = list(item_filters)
@@ -133,16 +164,20 @@ def preprocess(raw: RawDataset, cfg: DataConfig, item_filters: Sequence[ItemFilt
     frame = frame[keep]
     counts.record("k_core", frame, f"min_uc={cfg.min_uc}, min_sc={cfg.min_sc}, {rounds} rounds to converge")
 
-    return _finalise(frame, items_meta, counts, raw)
+    return _finalise(frame, items_meta, counts, raw, cfg.tie_order)
 
 
-def _finalise(frame: pd.DataFrame, items_meta: pd.DataFrame, counts: _Counts, raw: RawDataset) -> PreparedDataset:
+def _finalise(
+    frame: pd.DataFrame, items_meta: pd.DataFrame, counts: _Counts, raw: RawDataset, tie_order: str
+) -> PreparedDataset:
     item_raw = _dense_order(frame["item"].unique().astype(object))
     user_raw = _dense_order(frame["user"].unique().astype(object))
     item_id = pd.Index(item_raw).get_indexer(frame["item"]) + 1
     user_id = pd.Index(user_raw).get_indexer(frame["user"]) + 1
     timestamp = frame["timestamp"].to_numpy(np.int64)
-    order = np.lexsort((item_id, timestamp, user_id))  # per user by (timestamp, item)
+    # Per user by (timestamp, tie key); the key is unique within a user (lines, a permutation, or distinct items).
+    tie = item_id if tie_order == "item_id" else frame["tie"].to_numpy(np.int64)
+    order = np.lexsort((tie, timestamp, user_id))
     user_id, item_id, timestamp = user_id[order], item_id[order], timestamp[order]
     rating = frame["rating"].to_numpy(np.float32)[order]
 
@@ -174,11 +209,20 @@ def _finalise(frame: pd.DataFrame, items_meta: pd.DataFrame, counts: _Counts, ra
         }
     )
     dataset = PreparedDataset(interactions, items, users)
-    dataset.stats = _stats(dataset, counts, raw)
+    dataset.stats = _stats(dataset, counts, raw, tie_order)
     return dataset
 
 
-def _stats(ds: PreparedDataset, counts: _Counts, raw: RawDataset) -> dict:
+def held_out_ties(interactions: pd.DataFrame) -> dict[str, int]:
+    """How many validation / test items share their timestamp with another interaction of the same user: the
+    held-out items that the tie order (not the time) picks."""
+    key = interactions[["user_id", "timestamp"]]
+    tied = key.duplicated(keep=False).to_numpy()
+    split = interactions["split"].astype(str).to_numpy()
+    return {s: int((tied & (split == s)).sum()) for s in ("val", "test")}
+
+
+def _stats(ds: PreparedDataset, counts: _Counts, raw: RawDataset, tie_order: str) -> dict:
     n_users, n_items, n_inter = ds.n_users, ds.n_items, len(ds.interactions)
     split_sizes = ds.interactions["split"].value_counts()
     return {
@@ -193,6 +237,8 @@ def _stats(ds: PreparedDataset, counts: _Counts, raw: RawDataset) -> dict:
         "items_with_title": int((ds.items["title"].str.len() > 0).sum()),
         "items_with_image_url": int((ds.items["image_url"].str.len() > 0).sum()),
         "filters": counts.steps,
+        "tie_order": tie_order,
+        "held_out_in_ties": held_out_ties(ds.interactions),
         "malformed_lines": [b.as_dict() for b in raw.bad_lines if b.count],
         "source": raw.manifest.get("source", ""),
         "raw_files": {f["name"]: f["sha256"] for f in raw.manifest.get("files", [])},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from recsys_core.errors import ConfigError
 from recsys_core.rerank.base import Reranker
 from recsys_core.rerank.bert4rec import BERT4Rec
+from recsys_core.rerank.ltr import LTRReranker
 from recsys_core.rerank.qwen import QwenReranker
 from recsys_core.rerank.qwen3vl import Qwen3VLReranker
 from recsys_core.rerank.vip5 import VIP5Reranker
@@ -14,6 +15,7 @@ RERANKERS: dict[str, type[Reranker]] = {
     "qwen": QwenReranker,
     "qwen3vl": Qwen3VLReranker,
     "vip5": VIP5Reranker,
+    "ltr": LTRReranker,
 }
 
 

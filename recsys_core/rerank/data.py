@@ -16,7 +16,7 @@ import pandas as pd
 
 from recsys_core.candidates import sample_negatives
 from recsys_core.data.store import Sequences
-from recsys_core.errors import MissingArtifactError
+from recsys_core.errors import LineageError, MissingArtifactError
 from recsys_core.evaluation import mask_history, split_inputs
 
 
@@ -75,6 +75,14 @@ def from_retrieved(table: pd.DataFrame, seqs: Sequences, split: str, top_k: int)
     """The retriever's top ``top_k`` for ``split`` (retrieved.csv rows), in the retriever's order."""
     histories, targets, users = split_inputs(seqs, split)
     rows = _rows_for_users(table, users, split, "retrain the retriever on this dataset")
+    wrong = np.flatnonzero(rows["target"].to_numpy(np.int64) != targets)
+    if len(wrong):
+        raise LineageError(
+            f"the retrieved lists' {split} targets differ from the prepared split for {len(wrong)} of {len(users)} "
+            f"users (user {users[wrong[0]]}: target {int(rows['target'].iloc[wrong[0]])} in the lists, "
+            f"{int(targets[wrong[0]])} in the split): the retriever was trained on other prepared data; retrain it "
+            "on this data (`dvc repro train_retrieval`) and promote it"
+        )
     candidates = _pack(list(rows["candidates"]), top_k)
     scores = np.full(candidates.shape, -np.inf)
     for row, values in enumerate(rows["scores"]):
@@ -133,7 +141,15 @@ def retrieval_training_examples(
     """retrieval mode: each prefix's candidates are the retriever's top ``n_candidates`` (``score``: histories ->
     (B, N+1) scores; the retriever was trained on the train split only). The prefix itself and the user's validation
     and test items are masked out before taking the top, so held-out items never enter training; prefixes whose next
-    item was not retrieved are dropped (nothing to learn from them). Lists are shuffled."""
+    item was not retrieved are dropped (nothing to learn from them).
+
+    A prefix with fewer unblocked items than ``n_candidates`` gets a shorter list: the masked (-inf) slots of the top
+    are dropped, not kept as items, and the list is padded with 0 up to ``n_candidates``. Lists are shuffled among
+    their real items, the 0 slots staying last (see ``shuffle_filled``).
+
+    ``score`` is called with histories only, so a collaborative retriever (VBPR, MMGCN, BM3) scores each prefix by
+    fold-in (the mean of its items' vectors), never with the user's learned vector: that vector was trained on the
+    user's whole train sequence, the prefix's own next item included, so it would leak the target into the list."""
     import torch
 
     users, histories, targets = _prefixes(seqs, max_per_user)
@@ -144,15 +160,26 @@ def retrieval_training_examples(
         held_out = held_out_of(seqs, users[start:stop])
         blocked = [np.concatenate([h, extra]) for h, extra in zip(hist, held_out, strict=True)]
         scores = mask_history(score(hist).float(), blocked)
-        top = torch.topk(scores, min(n_candidates, scores.shape[1] - 1), dim=1).indices.cpu().numpy()
+        values, top = torch.topk(scores, min(n_candidates, scores.shape[1] - 1), dim=1)
+        top = top.cpu().numpy()
+        top[torch.isneginf(values).cpu().numpy()] = 0  # masked slots (history, held out, padding): no candidate
+        top = _pack(list(top), n_candidates)
         hit = (top == targets[start:stop, None]).any(axis=1)
         kept.extend(np.flatnonzero(hit) + start)
         lists.append(top[hit])
     keep = np.asarray(kept, dtype=np.int64)
-    shuffled = rng.permuted(np.concatenate(lists) if lists else np.zeros((0, n_candidates), np.int64), axis=1)
+    shuffled = shuffle_filled(np.concatenate(lists) if lists else np.zeros((0, n_candidates), np.int64), rng)
     return TrainingExamples(
         users[keep], [histories[i] for i in keep], shuffled, target_index_of(shuffled, targets[keep])
     )
+
+
+def shuffle_filled(lists: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row's real ids (non-zero) in a random order, its 0 slots (no candidate) kept at the end: a row with k
+    real items holds them in its first k slots, so its target index is below k."""
+    keys = rng.random(lists.shape)
+    keys[lists == 0] = 2.0  # after every real id (the keys of real ids are in [0, 1))
+    return np.take_along_axis(lists, np.argsort(keys, axis=1, kind="stable"), axis=1)
 
 
 class GroundTruthExamples:
@@ -168,7 +195,12 @@ class GroundTruthExamples:
 @dataclass
 class RetrievedExamples:
     """retrieval mode's source of training lists: the retriever's top ``width`` for each train prefix (computed once
-    per (width, max_per_user), since the retriever does not change), shuffled afresh at every draw."""
+    per (width, max_per_user), since the retriever does not change), shuffled afresh at every draw.
+
+    ``score`` takes histories only: prefixes are scored without a user (fold-in for the collaborative retrievers),
+    because a user's learned vector was trained on the prefix's own next item (see ``retrieval_training_examples``).
+    A list shorter than ``width`` (too few unblocked items) is 0-padded at its end; the shuffle never moves the
+    padding, so a consumer can strip trailing zeros and keep ``target_index``."""
 
     seqs: Sequences
     score: Callable  # histories -> (B, N+1) scores, e.g. the champion retriever's ``score``
@@ -180,7 +212,7 @@ class RetrievedExamples:
             self._cache[key] = retrieval_training_examples(self.seqs, self.score, width, np.random.default_rng(0),
                                                            max_per_user)  # fmt: skip
         ex = self._cache[key]
-        lists = rng.permuted(ex.candidates, axis=1)
+        lists = shuffle_filled(ex.candidates, rng)
         targets = ex.candidates[np.arange(len(ex.users)), ex.target_index]
         return TrainingExamples(ex.users, ex.histories, lists, target_index_of(lists, targets))
 

@@ -2,14 +2,21 @@
 candidate list (mean 0, standard deviation 1 over the list's filled slots).
 
 The reranker is trained on its own task; the weight is chosen afterwards, on the validation users' retrieved lists
-(by `training.monitor`), from a fixed grid of finite values, so the result is always a reranking, never retrieval
-alone. It is stored with the reranker's settings (``fusion_weight``) and used wherever the retriever's scores are at
-hand (retrieval mode, the two-stage model). Without retrieval scores (ground-truth lists, the reranker's own pyfunc)
-the reranker's score is used alone.
+(by `training.monitor`), from the grid ``WEIGHTS``: the finite weights 0 (the reranker's order) to 8, and the
+retriever's end, ``RETRIEVER_ORDER`` = the string ``"retrieval"``: order by the retriever's score, ties broken by the
+reranker's (the limit of an infinite weight, computed as that order, not as a product). So when the reranker does not
+help on validation, the lists keep the retriever's order. The weight is stored with the reranker's settings
+(``fusion_weight`` in its config.json: a number, or ``"retrieval"``, which is valid JSON where ``float("inf")`` would
+be written as the non-standard ``Infinity``) and used wherever the retriever's scores are at hand (retrieval mode,
+the two-stage model). Without retrieval scores (ground-truth lists, the reranker's own pyfunc) the reranker's score is
+used alone.
+
+Empty slots (candidate id 0) score -inf for every weight, so they always sort last.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +24,27 @@ import torch
 
 from recsys_core.rerank.data import CandidateSet
 
-WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+RETRIEVER_ORDER = "retrieval"
+WEIGHTS: tuple[float | str, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, RETRIEVER_ORDER)
+
+
+def is_retriever_order(weight: float | str) -> bool:
+    """Whether a stored ``fusion_weight`` is the grid's retriever end (``"retrieval"``, or an infinite number)."""
+    if isinstance(weight, str):
+        if weight != RETRIEVER_ORDER:
+            raise ValueError(f"fusion_weight must be a number or {RETRIEVER_ORDER!r}; got {weight!r}")
+        return True
+    return math.isinf(weight) and weight > 0
+
+
+def weight_value(weight: float | str) -> float:
+    """The weight as a number (the retriever's end is +inf), for comparing grid points."""
+    return math.inf if is_retriever_order(weight) else float(weight)
+
+
+def weight_label(weight: float | str) -> str:
+    """Short text for names and logs: ``0.25``, ``8``, ``retrieval`` (valid in MLflow metric names)."""
+    return RETRIEVER_ORDER if is_retriever_order(weight) else f"{float(weight):g}"
 
 
 def standardise(scores: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
@@ -30,13 +57,29 @@ def standardise(scores: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
     return torch.where(filled, z, torch.full_like(z, -torch.inf))
 
 
+def lexicographic_scores(first: torch.Tensor, second: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+    """Scores that order each row by ``first``, ties broken by ``second`` (both descending; exact ties keep the slot
+    order): the best filled slot gets 0, the next -1, and so on; empty slots -inf."""
+    neg_inf = torch.full_like(first, -torch.inf)
+    by_second = torch.sort(torch.where(filled, second, neg_inf), dim=1, descending=True, stable=True).indices
+    by_first = torch.sort(torch.where(filled, first, neg_inf).gather(1, by_second), dim=1, descending=True,
+                          stable=True).indices  # fmt: skip
+    order = by_second.gather(1, by_first)  # slot ids, best first
+    positions = torch.empty_like(order)
+    positions.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order).contiguous())
+    return torch.where(filled, -positions.to(first.dtype), neg_inf)
+
+
 def fuse(
-    rerank: torch.Tensor, retrieval: np.ndarray | torch.Tensor, candidates: np.ndarray, weight: float
+    rerank: torch.Tensor, retrieval: np.ndarray | torch.Tensor, candidates: np.ndarray, weight: float | str
 ) -> torch.Tensor:
-    filled = torch.as_tensor(candidates != 0)
+    """(B, K) fused scores, -inf in empty slots (id 0) for every weight (0 * -inf would be NaN, which sorts first)."""
+    filled = torch.as_tensor(np.asarray(candidates) != 0)
     rr = standardise(rerank.float().cpu(), filled)
-    rt = standardise(torch.as_tensor(retrieval, dtype=torch.float32), filled)
-    return rr + weight * rt
+    rt = standardise(torch.as_tensor(retrieval, dtype=torch.float32).cpu(), filled)
+    if is_retriever_order(weight):
+        return lexicographic_scores(rt, rr, filled)
+    return torch.where(filled, rr + float(weight) * torch.where(filled, rt, torch.zeros_like(rt)), rr)
 
 
 def final_scores(reranker, histories: list[np.ndarray], candidates: np.ndarray, retrieval: np.ndarray | None):
@@ -50,13 +93,16 @@ def final_scores(reranker, histories: list[np.ndarray], candidates: np.ndarray, 
 
 
 def tune_weight(reranker, cset: CandidateSet, monitor: str, ks: Sequence[int], batch_size: int = 256):
-    """The grid weight with the best validation ``monitor`` (ties: the smaller weight); returns (weight, curve)."""
+    """The grid weight with the best validation ``monitor`` (ties: the smaller weight, the retriever's end being the
+    largest); returns (weight, curve). ``monitor`` ``mrr`` reads the lists' MRR (``mrr_at_{K}``, K the list width)."""
+    from recsys_core.metrics import monitored_value
     from recsys_core.rerank.evaluate import result_from_scores, score_lists
 
     if cset.retrieval_scores is None:
         raise ValueError("score fusion needs the retriever's scores (retrieval mode)")
     raw = score_lists(reranker.score, cset, batch_size, desc="fusion")
-    curve = {w: result_from_scores(fuse(raw, cset.retrieval_scores, cset.candidates, w), cset, ks).all_users[monitor]
+    curve = {w: monitored_value(result_from_scores(fuse(raw, cset.retrieval_scores, cset.candidates, w), cset,
+                                                   ks).all_users, monitor)
              for w in WEIGHTS}  # fmt: skip
-    best = max(curve, key=lambda w: (curve[w], -w))
+    best = max(curve, key=lambda w: (curve[w], -weight_value(w)))
     return best, curve

@@ -204,11 +204,16 @@ class QwenReranker(Reranker):
         label_tokens = self._label_tokens[:width]
 
         def make_batch(histories, lists, target_index) -> tuple:
-            return self.prompts(histories, list(lists)), torch.as_tensor(target_index, device=self.device)
+            # Retrieval-mode lists of users with few unblocked items end in empty slots (id 0): no prompt line, and
+            # their labels can never be the answer.
+            filled = torch.as_tensor(lists != 0, device=self.device)
+            prompts = self.prompts(histories, [row[row != 0] for row in lists])
+            return prompts, torch.as_tensor(target_index, device=self.device), filled
 
         def loss(batch: tuple) -> torch.Tensor:  # cross-entropy over the candidates' label logits
-            prompts, targets = batch
-            return F.cross_entropy(self.answer_logits(prompts)[:, label_tokens], targets)
+            prompts, targets, filled = batch
+            logits = self.answer_logits(prompts)[:, label_tokens]
+            return F.cross_entropy(logits.masked_fill(~filled[:, : logits.shape[1]], -torch.inf), targets)
 
         return fit_on_lists(self, self.trainable, seqs, val, settings, callbacks, ks, examples, make_batch, loss)
 

@@ -1,9 +1,10 @@
 """The retriever contract: ``from_data``, ``fit(train, val) -> history``, ``score(histories, users) -> (B, N+1)``,
 ``save``, ``load`` (the last two from SavedModel: safetensors + JSON).
 
-``users`` (ids 1..U of the training users, or None) lets models with a learned vector per user (VBPR, MMGCN, BM3)
-use it; sequential models read only the history. A history without a user (a served request, a training prefix)
-must still be scored."""
+``users`` (None, or one id per history: a training user's id 1..U, or 0 = no user) lets models with a learned vector
+per user (VBPR, MMGCN, BM3) use it, and they reject an id outside 0..U; sequential models read only the history and
+ignore it. A history without a user (a served request without ``user_id``, a reranker-training prefix) must still be
+scored."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class Retriever(SavedModel):
 
     @abstractmethod
     def score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        """(B, N+1) scores; column 0 is padding. Callers mask the history."""
+        """(B, N+1) scores; column 0 is padding. Callers mask the history. ``users``: see the module docstring."""
 
     def validation_metrics(self, val_inputs: tuple[list[np.ndarray], np.ndarray, np.ndarray], ks: Sequence[int],
                            batch_size: int) -> dict[str, float]:  # fmt: skip

@@ -3,10 +3,13 @@ split with sampled negatives, the bipartite user-item graph, and scores of the f
 
 Node layout of the graph: users 1..U are nodes 0..U-1, items 1..N are nodes U..U+N-1 (padding item 0 has no node).
 
-A known user (ids 1..U, as in validation and test) is scored with its learned vector, as in the papers. A history
-without a user (a served request, a reranker-training prefix) is scored with the mean of its items' learned vectors
-(for the graph models that is one propagation step from the items, which is how the graph forms a user); an empty
-history gets zeros, so only the item biases rank.
+A known user (ids 1..U, as in validation and test, and in a served request that gives its ``user_id``) is scored with
+its learned vector, as in the papers; evaluation and serving take that same path. A history without a user (user id 0
+or no ids: a served request without ``user_id``, a reranker-training prefix) is scored with the mean of its items'
+learned vectors ("fold-in"; for the graph models that is one propagation step from the items, which is how the graph
+forms a user); an empty history gets zeros, so only the item biases rank. Reranker-training prefixes stay on the
+fold-in path on purpose: a user's vector was trained on the whole train sequence, so on the prefix's own next item.
+An id outside 0..U is an error (the model has no vector for it).
 """
 
 from __future__ import annotations
@@ -195,16 +198,45 @@ class CollaborativeRetriever(Retriever):
         return fit(Task(), settings, self.device, callbacks)
 
     # ---- inference ----------------------------------------------------------------------------------------------
+    def user_ids(self, users: np.ndarray | None, n_rows: int) -> np.ndarray:
+        """(B,) int64 user ids, 0 where a row has no user (``users`` None: every row). Raises ValueError naming the
+        value and the valid range for an id this model has no vector for."""
+        if users is None:
+            return np.zeros(n_rows, dtype=np.int64)
+        ids = np.asarray(users)
+        if ids.shape != (n_rows,):
+            raise ValueError(f"expected one user id per history ({n_rows}), got an array of shape {ids.shape}")
+        n_users = int(self.hparams["n_users"])
+        as_int = ids.astype(np.int64)
+        bad = np.flatnonzero((as_int != ids) | (as_int < 0) | (as_int > n_users))
+        if len(bad):
+            value = ids[bad[0]].item() if isinstance(ids[bad[0]], np.generic) else ids[bad[0]]
+            raise ValueError(
+                f"user_id {value!r} is unknown to this {self.method} retriever: it has learned vectors for user "
+                f"ids 1..{n_users} (its training users); leave user_id out (or null) to score from the history alone"
+            )
+        return as_int
+
     def score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
+        ids = self.user_ids(users, len(histories))
+        known = ids > 0
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
             user_repr, item_repr, bias = self.representations()
-            known = users is not None and len(users) == len(histories)
-            if known:
-                ids = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.device)
-                known = bool(((ids >= 1) & (ids <= self.hparams["n_users"])).all())
-            queries = user_repr[ids] if known else self.fold_in(histories, item_repr)
+            if known.all():
+                queries = user_repr[torch.as_tensor(ids, device=user_repr.device)]
+            elif not known.any():
+                queries = self.fold_in(histories, item_repr)
+            else:  # a mixed batch: learned vectors where the user is known, fold-in elsewhere
+                rows = torch.as_tensor(np.flatnonzero(known), device=user_repr.device)
+                folded = torch.as_tensor(np.flatnonzero(~known), device=user_repr.device)
+                queries = torch.empty((len(histories), item_repr.shape[1]), dtype=user_repr.dtype,
+                                      device=user_repr.device)  # fmt: skip
+                queries[rows] = user_repr[torch.as_tensor(ids[known], device=user_repr.device)]
+                queries[folded] = self.fold_in([histories[i] for i in np.flatnonzero(~known)], item_repr).to(
+                    user_repr.dtype
+                )
             scores = queries @ item_repr.T
             if bias is not None:
                 scores = scores + bias

@@ -6,9 +6,11 @@ from recsys_core.data.sources.amazon import Beauty, Games
 from recsys_core.data.sources.base import RawDataset, Source
 from recsys_core.data.sources.custom import Custom
 from recsys_core.data.sources.movielens import MovieLens100K, MovieLensLatestSmall
+from recsys_core.data.sources.movielens_1m import MovieLens1M
 
 SOURCES: dict[str, type[Source]] = {
     "ml-100k": MovieLens100K,
+    "ml-1m": MovieLens1M,
     "ml-latest-small": MovieLensLatestSmall,
     "beauty": Beauty,
     "games": Games,

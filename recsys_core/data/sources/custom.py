@@ -2,7 +2,8 @@
 
 Interactions need ``user`` and ``item`` columns; ``rating`` and ``timestamp`` are optional (without a timestamp the
 row order of the file is the time order; without a rating every row counts as 1). Items may carry ``title``,
-``description``, ``image_url`` and ``image_path``.
+``description``, ``image_url`` and ``image_path``. A row whose user or item is empty or a missing-value spelling
+(``nan``, ``None``, ``null``, ``NA``...: ``formats.MISSING_ID_TOKENS``) or a null in parquet is a malformed line.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class Custom(Source):
                 "timestamp": table[columns["timestamp"]] if columns["timestamp"] else np.arange(len(table)).astype(str),
             }
         )
-        first_line = 2 if path.suffix != ".parquet" else 1  # csv/tsv: line 1 is the header
+        # ``line`` keeps the row order (file order decides equal timestamps): csv/tsv rows start on line 2 (after
+        # the header), parquet rows count from 1.
+        first_line = 1 if _suffix(path) in (".parquet", ".pq") else 2
         bad = BadLines(path, total=len(raw))
         interactions = coerce_interactions(raw, np.arange(first_line, first_line + len(raw)), None, bad)
         bad.check(cfg.max_bad_line_share)

