@@ -4,9 +4,12 @@ LRURec (published settings: lr 1e-3, batch 128, patience 10) retrieves the top `
 each variant reorders the first `--rerank_top_k`:
 - `bert4rec cloze (+fusion)`: BERT4Rec trained on its cloze task, fused with the retrieval score (weight tuned on
   validation; the grid's retriever end keeps the retriever's order) and `... alone` (its own order);
-- `bert4rec list (+fusion)`: BERT4Rec trained on the retriever's lists for train prefixes (`bert_objective`);
-- `ltr`: LightGBM lambdarank on every feature family, and `ltr -FAMILY` without each one.
-Prints one table: test NDCG / Recall at 5/10/20 over all users (a true item outside the list is a miss), the
+- `bert4rec list (+fusion)` / `cloze_list`: BERT4Rec trained on the retriever's lists for train prefixes (`bert_objective`),
+  alone or with the cloze loss;
+- `ltr`: LightGBM lambdarank on every feature family, `ltr -FAMILY` without each one, and `ltr + bert4rec cloze scores`
+  (family `models`: the cloze BERT4Rec's score and rank of each candidate).
+Prints one table: validation NDCG@10 (cross-fitted for ltr, in-sample for the fusion weight), test NDCG / Recall
+at 5/10/20 over all users (a true item outside the list is a miss), the
 NDCG@10 and Recall@10 differences against retrieval with their 95% paired bootstrap interval (users resampled,
 10,000 times, seeded) and the verdict (a gain only when the interval excludes zero), and each variant's training
 seconds. Needs the prepared dataset (`recsys data-prepare --dataset_code X`, or `make run` for ml-100k).
@@ -30,28 +33,35 @@ from recsys_core.config import LTR_FEATURES, load_config  # noqa: E402
 from recsys_core.data.store import DataPaths, Sequences, load_prepared  # noqa: E402
 from recsys_core.evaluation import split_inputs  # noqa: E402
 from recsys_core.features.store import FeatureSet  # noqa: E402
+from recsys_core.lineage import data_version  # noqa: E402
 from recsys_core.pipeline import TwoStage  # noqa: E402
 from recsys_core.rerank.bert4rec import BERT4Rec  # noqa: E402
 from recsys_core.rerank.data import RetrievedExamples  # noqa: E402
-from recsys_core.rerank.evaluate import evaluate_lists, list_order_result  # noqa: E402
-from recsys_core.rerank.fusion import tune_weight, weight_label  # noqa: E402
+from recsys_core.rerank.evaluate import evaluate_lists, list_order_result, result_from_scores  # noqa: E402
+from recsys_core.rerank.fusion import fused_validation, tune_weight, weight_label  # noqa: E402
 from recsys_core.rerank.ltr import LTRReranker  # noqa: E402
 from recsys_core.retrieval.lrurec import LRURec  # noqa: E402
 from recsys_core.training import LoopSettings, resolve_device, seed_everything  # noqa: E402
 
 KS = (5, 10, 20)
-VARIANTS = ("bert4rec_cloze", "bert4rec_list", "ltr", "ltr_ablation")
+VARIANTS = ("bert4rec_cloze", "bert4rec_list", "bert4rec_cloze_list", "ltr", "ltr_models", "ltr_ablation")
 
 
-def train_retriever(cfg, dataset, seqs, device, out: Path, reuse: bool, epochs: int) -> tuple[LRURec, float]:
+def train_retriever(cfg, dataset, prepared, seqs, device, out: Path, reuse: bool, epochs: int) -> tuple[LRURec, float]:
     began = time.perf_counter()
     if reuse and (out / "model.safetensors").exists():
         return LRURec.load(out, device), 0.0
     seed_everything(cfg.seed)
     retriever = LRURec(dataset.n_items, LRURec.hyperparameters(cfg, cfg.data.dataset_code), device)
-    history = retriever.fit(seqs, LoopSettings(epochs=epochs, lr=1e-3, patience=10, batch_size=128, seed=cfg.seed))
-    print(f"LRURec: best epoch {history.best_epoch} of {len(history.epochs)}, "
-          f"{sum(r['epoch_seconds'] for r in history.epochs) / len(history.epochs):.2f} s per epoch")  # fmt: skip
+    cpu = time.process_time()
+    # A checkpoint after every epoch: a long CPU run (ML-1M) can be stopped and resumed by running the bench again.
+    settings = LoopSettings(epochs=epochs, lr=1e-3, patience=10, batch_size=128, seed=cfg.seed,
+                            checkpoint_dir=out.with_name("lrurec-checkpoint"), fingerprint=data_version(prepared))  # fmt: skip
+    history = retriever.fit(seqs, settings)
+    n = len(history.epochs)
+    print(f"LRURec: best epoch {history.best_epoch} of {n}, {sum(r['epoch_seconds'] for r in history.epochs) / n:.2f}"
+          f" s wall and {(time.process_time() - cpu) / n:.2f} CPU s per epoch (training + validation), "
+          f"{time.perf_counter() - began:.0f} s in all")  # fmt: skip
     retriever.save(out)
     return retriever, time.perf_counter() - began
 
@@ -69,12 +79,13 @@ def bert4rec(cfg, objective: str, dataset, seqs, val, device, retriever, args) -
     return model, time.perf_counter() - began
 
 
-def ltr(cfg, families, dataset, seqs, val, device, retriever, prepared) -> tuple[LTRReranker, float]:
-    hparams = {**LTRReranker.hyperparameters(cfg, cfg.data.dataset_code), "features": list(families)}
+def ltr(cfg, families, dataset, seqs, val, device, retriever, prepared, models=None) -> tuple[LTRReranker, float]:
+    hparams = {**LTRReranker.hyperparameters(cfg, cfg.data.dataset_code), "features": list(families),
+               "models": sorted(models or {})}  # fmt: skip
     began = time.perf_counter()
     model = LTRReranker.from_data(dataset.n_items, hparams, device, dataset.items,
                                   FeatureSet(prepared, cfg.features, dataset.items))  # fmt: skip
-    model.attach(retriever=retriever)
+    model.attach(retriever=retriever, models=models)
     model.fit(seqs, val, LoopSettings(epochs=1, lr=0.0, patience=1, seed=cfg.seed), ks=KS)  # LightGBM: own loop
     return model, time.perf_counter() - began
 
@@ -102,7 +113,9 @@ def main() -> None:
     seqs = Sequences.from_dataset(dataset)
     device = resolve_device(args.device)
     out = ROOT / "bench" / "out" / args.dataset
-    retriever, seconds = train_retriever(cfg, dataset, seqs, device, out / "lrurec", args.reuse, args.retrieval_epochs)
+    retriever, seconds = train_retriever(
+        cfg, dataset, prepared, seqs, device, out / "lrurec", args.reuse, args.retrieval_epochs
+    )
 
     stage = TwoStage(retriever, None, args.retrieval_top_k, args.rerank_top_k)
     val = stage.candidate_set(*split_inputs(seqs, "val"))
@@ -110,37 +123,51 @@ def main() -> None:
     baseline = list_order_result(test, KS)
     records = {"retrieval (LRURec)": per_user.from_lists(baseline, test, KS)}
     results, train_seconds = {"retrieval (LRURec)": baseline.all_users}, {"retrieval (LRURec)": seconds}
+    val_ndcg = {"retrieval (LRURec)": list_order_result(val, KS).all_users["ndcg_at_10"]}
 
-    def add(name: str, result, seconds: float) -> None:
+    def add(name: str, result, seconds: float, model, weight=None) -> None:
+        """``model``'s validation NDCG@10 too: cross-fitted for ltr (trained on the validation lists)."""
         results[name], train_seconds[name] = result.all_users, seconds
         records[name] = per_user.from_lists(result, test, KS)
+        val_ndcg[name] = result_from_scores(fused_validation(model, val, weight), val, KS).all_users["ndcg_at_10"]
 
-    for objective in ("cloze", "list"):
+    trained = {}
+    for objective in ("cloze", "list", "cloze_list"):
         if f"bert4rec_{objective}" not in args.variants:
             continue
         model, seconds = bert4rec(cfg, objective, dataset, seqs, val, device, retriever, args)
+        trained[objective] = model
         weight, _ = tune_weight(model, val, "ndcg_at_10", KS)
         add(f"bert4rec {objective} + fusion (w {weight_label(weight)})",
-            evaluate_lists(model.score, test, KS, fusion_weight=weight), seconds)  # fmt: skip
-        add(f"bert4rec {objective} alone", evaluate_lists(model.score, test, KS), seconds)
+            evaluate_lists(model.score, test, KS, fusion_weight=weight), seconds, model, weight)  # fmt: skip
+        add(f"bert4rec {objective} alone", evaluate_lists(model.score, test, KS), seconds, model)
     runs = [LTR_FEATURES] if "ltr" in args.variants else []
     if "ltr_ablation" in args.variants:
         runs += [tuple(f for f in LTR_FEATURES if f != drop) for drop in LTR_FEATURES if drop != "models"]
     for families in runs:
         dropped = sorted(set(LTR_FEATURES) - set(families) - {"models"})
         model, seconds = ltr(cfg, families, dataset, seqs, val, device, retriever, prepared)
-        add("ltr" + "".join(f" -{f}" for f in dropped), evaluate_lists(model.score, test, KS), seconds)
+        add("ltr" + "".join(f" -{f}" for f in dropped), evaluate_lists(model.score, test, KS), seconds, model)
+        if not dropped:  # + fusion, its weight tuned on the cross-fitted validation scores
+            weight, _ = tune_weight(model, val, "ndcg_at_10", KS)
+            add(f"ltr + fusion (w {weight_label(weight)})",
+                evaluate_lists(model.score, test, KS, fusion_weight=weight), seconds, model, weight)  # fmt: skip
+    if "ltr_models" in args.variants and "cloze" in trained:  # + the cloze BERT4Rec's scores (family `models`)
+        model, seconds = ltr(cfg, LTR_FEATURES, dataset, seqs, val, device, retriever, prepared,
+                             models={"bert4rec": trained["cloze"]})  # fmt: skip
+        add("ltr + bert4rec cloze scores", evaluate_lists(model.score, test, KS), seconds, model)
 
     base = records["retrieval (LRURec)"]
     print(f"\n{args.dataset}: {len(test)} test users; LRURec top {args.retrieval_top_k} -> the first "
           f"{args.rerank_top_k} reranked; true item in them for {baseline.n_hit} users "
           f"({baseline.n_hit / len(test):.1%}), the others are misses for every row; device {device}")  # fmt: skip
-    head = ["variant", *(f"N@{k}" for k in KS), *(f"R@{k}" for k in KS), "dNDCG@10 [95% CI]", "dRecall@10 [95% CI]",
+    head = ["variant", "val N@10", *(f"N@{k}" for k in KS), *(f"R@{k}" for k in KS), "dNDCG@10 [95% CI]", "dRecall@10 [95% CI]",
             "verdict (NDCG@10)", "train s"]  # fmt: skip
     rows = [head]
     for name, metrics in results.items():
         cells = [
             name,
+            f"{val_ndcg[name]:.4f}",
             *(f"{metrics[f'ndcg_at_{k}']:.4f}" for k in KS),
             *(f"{metrics[f'recall_at_{k}']:.4f}" for k in KS),
         ]

@@ -20,6 +20,7 @@ from recsys_core.io import staged_directory, write_json
 from recsys_core.metrics import format_table, prefixed
 from recsys_core.pipeline import TwoStage
 from recsys_core.rerank.evaluate import evaluate_lists, list_order_result, result_from_scores
+from recsys_core.rerank.fusion import fused_validation
 from recsys_core.training import resolve_device
 from stages.common import paths, run_stage
 from stages.training_common import SERVING_REQUIREMENTS, pinned_requirements
@@ -58,7 +59,8 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         cset = pipeline.candidate_set(*split_inputs(seqs, split), batch_size=cfg.training.eval_batch_size)
         if split == "val" and getattr(reranker, "fits_on_validation", False):
             # ltr was trained on these very lists: out-of-fold scores (LineageError if the lists are not those)
-            results[split] = result_from_scores(reranker.cross_fitted_scores(cset), cset, ks)
+            weight = reranker.hparams.get("fusion_weight")
+            results[split] = result_from_scores(fused_validation(reranker, cset, weight), cset, ks)
         else:
             results[split] = evaluate_lists(reranker.score, cset, ks, cfg.training.eval_batch_size, desc=split,
                                             fusion_weight=reranker.hparams.get("fusion_weight"))  # fmt: skip
@@ -118,7 +120,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         with staged_directory(out) as scratch:
             (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
             (scratch / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
-            table = results_table(results["test"], baselines["test"], ks, {**summary, **registered}, deltas)
+            table = results_table(results, baselines, ks, {**summary, **registered}, deltas, reranker)
             (scratch / "results.txt").write_text(table + "\n")
             mlflow.log_artifact(str(scratch / "results.txt"))
     print(table)
@@ -135,7 +137,16 @@ def delta_metrics(deltas: dict, prefix: str) -> dict[str, float]:
     return out
 
 
-def results_table(result, baseline, ks, summary, deltas) -> str:
+def results_table(results, baselines, ks, summary, deltas, reranker) -> str:
+    """The test table with the paired differences, after one line on validation (what promotion and tuning saw)."""
+    result, baseline = results["test"], baselines["test"]
+    monitor = f"ndcg_at_{10 if 10 in ks else ks[0]}"
+    val, val_base = results["val"].all_users[monitor], baselines["val"].all_users[monitor]
+    how = (
+        " (out-of-fold: the reranker trains on validation lists)"
+        if getattr(reranker, "fits_on_validation", False)
+        else ""
+    )
     head = (f"Two-stage on {summary['users']} test users: retriever v{summary['retriever.version']} "
             f"({summary['retriever.method']}, top {summary['retrieval_top_k']}) -> reranker v{summary['reranker.version']} "
             f"({summary['reranker.method']}, reranks the top {summary['rerank_top_k']}, retrieval-score fusion weight "
@@ -145,6 +156,7 @@ def results_table(result, baseline, ks, summary, deltas) -> str:
         f"\nTwo-stage minus retrieval, paired over the same {summary['users']} users (95% bootstrap interval, "
         f"{next(iter(deltas.values())).resamples:,} resamples; a gain only when the interval excludes zero):"
     )
+    head += f"\nValidation {monitor}: retrieval {val_base:.4f}, two-stage {val:.4f} ({val - val_base:+.4f}){how}."
     return (head + "\n" + format_table({"retrieval": baseline.all_users, "two-stage": result.all_users}, ks) + paired
             + "\n" + per_user.delta_table(deltas, "retrieval", "two-stage"))  # fmt: skip
 

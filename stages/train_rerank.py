@@ -36,7 +36,7 @@ from recsys_core.rerank.data import (
     from_retrieved,
 )
 from recsys_core.rerank.evaluate import RerankResult, evaluate_lists, list_order_result, result_from_scores
-from recsys_core.rerank.fusion import tune_weight, weight_label
+from recsys_core.rerank.fusion import fused_validation, tune_weight, weight_label
 from recsys_core.training import resolve_device, seed_everything
 from stages.common import paths, run_stage
 from stages.training_common import (
@@ -174,10 +174,10 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         repeated = finished_version(history, prefix, "reranker", train_id)
         batch = cfg.training.eval_batch_size
         fusion_metrics, alone = {}, None
-        # ltr is trained on the validation lists: its validation numbers are cross-fitted, and fusion (tuned on
-        # in-sample validation scores) is skipped: the retriever's score and rank are already its features.
+        # ltr is trained on the validation lists: its validation numbers, and the fusion weight tuned on them, come
+        # from its cross-fitted (out-of-fold) scores.
         fits_on_val = getattr(reranker, "fits_on_validation", False)
-        if mode == "retrieval" and rr.rerank_score_fusion and not fits_on_val:
+        if mode == "retrieval" and rr.rerank_score_fusion:
             weight, curve = tune_weight(reranker, val_set, cfg.training.monitor, ks, batch)
             reranker.hparams["fusion_weight"] = weight
             mlflow.log_param("fusion_weight", weight)
@@ -188,7 +188,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
             fusion_metrics |= prefixed(alone.all_users, "test_reranker_only")
         weight = reranker.hparams.get("fusion_weight")
         if fits_on_val:
-            val = result_from_scores(reranker.cross_fitted_scores(val_set), val_set, ks)
+            val = result_from_scores(fused_validation(reranker, val_set, weight), val_set, ks)
         else:
             val = evaluate_lists(reranker.score, val_set, ks, batch, desc="val", fusion_weight=weight)
         test = evaluate_lists(reranker.score, test_set, ks, batch, desc="test", fusion_weight=weight)

@@ -15,6 +15,23 @@ import pytest
 from recsys_core.data.sources.base import RawDataset, items_frame
 
 REPO = Path(__file__).resolve().parents[1]
+# `make test` runs the suite in one pytest-xdist worker per core: one math thread each (inherited by the stages'
+# subprocesses), so that the workers do not oversubscribe the cores they share.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+SLOWEST = "test_dvc_pipeline.py"  # the whole platform through DVC (about 10 minutes on 2 cores)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the slowest test first: under xdist the other workers run the rest of the suite beside it."""
+    items.sort(key=lambda item: SLOWEST not in item.nodeid)
+
+
 # Where the LLM / VIP5 reranker tests build their models: RECSYS_TEST_DEVICE=cuda runs their training checks on a GPU.
 TEST_DEVICE = os.environ.get("RECSYS_TEST_DEVICE", "cpu")
 

@@ -30,6 +30,8 @@ def sh(cwd, *cmd, stdout_only=False):
     env.pop("MLFLOW_TRACKING_URI", None)  # the project's embedded store: <project>/mlflow.db
     env.pop("MLFLOW_REGISTRY_URI", None)
     env.pop("RECSYS_PROJECT_ROOT", None)
+    # every core for the stages: under xdist the worker runs on one math thread, and this test outlasts the others
+    env.update(OMP_NUM_THREADS=str(os.cpu_count() or 1), MKL_NUM_THREADS=str(os.cpu_count() or 1))
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout if stdout_only else done.stdout + done.stderr
@@ -64,7 +66,9 @@ def project(tmp_path):
     params["features"].update(clip_pretrained="none", embedding_batch_size=8)  # random CLIP weights: no hub here
     params["candidates"]["rerank_eval_candidates"] = 10
     params["retrieval"].update(retrieval_epochs=3, retrieval_lr=0.01, batch_size_retrieval=32, retrieval_top_k=20)
-    params["rerank"].update(rerank_top_k=10, rerank_epochs=4, rerank_lr=0.01, rerank_batch_size=32)
+    # BERT4Rec first (the default is ltr, run below with `dvc exp run`): both paths through one project
+    params["rerank"].update(rerank_method="bert4rec", rerank_top_k=10, rerank_epochs=4, rerank_lr=0.01,
+                            rerank_batch_size=32)  # fmt: skip
     params["bert4rec"].update(bert_hidden_size=16, bert_num_blocks=1, bert_max_len=16)
     params["lrurec"].update(lru_hidden_size=16, lru_num_blocks=1, lru_max_len=16)
     params["training"]["device"] = "cpu"

@@ -1,4 +1,4 @@
-"""LRURec: the parallel scan is the recurrence, the ring initialisation holds, and the model learns a sequence."""
+"""LRURec: the scan is the recurrence, the ring initialisation holds, and the model learns a sequence."""
 
 from __future__ import annotations
 
@@ -14,19 +14,63 @@ from recsys_core.config import DataConfig
 from recsys_core.data.preprocess import preprocess
 from recsys_core.data.store import Sequences
 from recsys_core.evaluation import evaluate_full_ranking, split_inputs
-from recsys_core.retrieval.lrurec import LRULayer, LRURec, parallel_scan, sequential_scan
+from recsys_core.retrieval.lrurec import LRULayer, LRURec, recurrent_scan, sequential_scan
 from recsys_core.training import LoopSettings, seed_everything
 
 
-@pytest.mark.parametrize("length", [1, 2, 8, 64])
-def test_parallel_scan_equals_the_step_by_step_recurrence(length):
+def left_padded_mask(lengths: list[int], length: int) -> torch.Tensor:
+    return torch.arange(length) >= length - torch.tensor(lengths).unsqueeze(1)
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 64, 200])
+def test_recurrent_scan_equals_the_step_by_step_recurrence(length):
+    """Values and gradients (of u and λ) against plain autograd, on left-padded rows, with |λ| up to 0.999."""
     torch.manual_seed(length)
-    u = torch.complex(torch.randn(3, length, 5), torch.randn(3, length, 5))
-    lam = torch.exp(torch.complex(-torch.rand(5), 2 * math.pi * torch.rand(5)))
-    mask = torch.ones(3, length, dtype=torch.bool)
-    mask[1, : length // 2] = False  # left padding
-    mask[2, : length - 1] = False
-    torch.testing.assert_close(parallel_scan(u, lam, mask), sequential_scan(u, lam, mask), rtol=1e-4, atol=1e-5)
+    dim = 6
+    u = torch.complex(torch.randn(4, length, dim), torch.randn(4, length, dim)).requires_grad_()
+    modulus = torch.tensor([0.5, 0.8, 0.95, 0.99, 0.995, 0.999])
+    lam = (modulus * torch.exp(1j * 2 * math.pi * torch.rand(dim))).requires_grad_()
+    mask = left_padded_mask([length, length // 2, 1, max(length - 3, 0)], length)
+    weights = torch.complex(torch.randn(4, length, dim), torch.randn(4, length, dim))
+    results = []
+    for scan in (recurrent_scan, sequential_scan):
+        h = scan(u, lam, mask)
+        grads = torch.autograd.grad((h * weights).real.sum(), (u, lam), allow_unused=True, materialize_grads=True)
+        results.append((h, *grads))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+def test_recurrent_scan_gradients_with_any_mask():
+    """gradcheck in float64, with a hole in the middle of a row besides left padding."""
+    torch.manual_seed(0)
+    u = torch.complex(torch.randn(3, 9, 4), torch.randn(3, 9, 4)).cdouble().requires_grad_()
+    lam = (torch.tensor([0.3, 0.9, 0.99, 0.999]) * torch.exp(1j * torch.rand(4))).cdouble().requires_grad_()
+    mask = left_padded_mask([9, 5, 2], 9)
+    mask[0, 3:5] = False
+    assert torch.autograd.gradcheck(lambda u, lam: recurrent_scan(u, lam, mask), (u, lam))
+    torch.testing.assert_close(recurrent_scan(u, lam, mask), sequential_scan(u, lam, mask))
+
+
+def test_lru_layer_is_its_definition():
+    """LayerNorm(Re(C h) + x), h the recurrence over u = γ ⊙ (B x + b), with B, C as real/imaginary pairs; the
+    complex arithmetic stays float32 under autocast."""
+    torch.manual_seed(0)
+    layer = LRULayer(8, 0.0, r_min=0.9, r_max=0.999)
+    x = torch.randn(3, 11, 8)
+    mask = left_padded_mask([11, 6, 1], 11)
+    nu, theta, gamma = torch.exp(layer.params_log)
+    u = torch.complex(layer.in_re(x), layer.in_im(x)) * gamma
+    h = sequential_scan(u, torch.exp(torch.complex(-nu, theta)), mask)
+    expected = layer.layer_norm(layer.out_re(h.real) - layer.out_im(h.imag) + x)
+    torch.testing.assert_close(layer(x, mask), expected, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x, mask)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    names = {name for name, _ in layer.named_parameters()}  # what saved checkpoints hold
+    assert names == {"params_log", "in_re.weight", "in_re.bias", "in_im.weight", "in_im.bias", "out_re.weight",
+                     "out_re.bias", "out_im.weight", "layer_norm.weight", "layer_norm.bias"}  # fmt: skip
 
 
 def test_padding_never_reaches_real_positions():

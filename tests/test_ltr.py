@@ -385,3 +385,36 @@ def test_a_saved_ranker_scores_identically_and_serves_what_was_evaluated(cyclic,
     assert items.tolist() == evaluated.order[:8].tolist()
     direct = rerank_lists(again, cyclic.test.histories[:2], [cyclic.test.candidates[0], cyclic.test.candidates[1]])
     assert direct["items"][0] == answer["items"][0]
+
+
+def test_boosting_starts_from_the_retrievers_score_z_scored_per_list(cyclic, trained):
+    """Round 0 ranks as the retriever does; the trees add corrections; switched off, boosting starts from zero."""
+    ranker, _ = trained
+    hist, cands = cyclic.test.histories[:40], np.array(cyclic.test.candidates[:40])
+    cands[0, WIDTH // 2 :] = 0  # a short list: empty slots take no part
+    X = ranker.features(hist, cands)
+    margin, filled = ranker._margin(X, cands), cands != 0
+    score = X[..., ranker.feature_names.index("retriever_score")]
+    for row in range(len(cands)):
+        z = margin[row][filled[row]]
+        assert z.mean() == pytest.approx(0, abs=1e-9) and z.std() == pytest.approx(1, abs=1e-6)
+        assert np.array_equal(np.argsort(-z, kind="stable"), np.argsort(-score[row][filled[row]], kind="stable"))
+    assert not margin[~filled].any()
+    expected = margin[filled] + ranker.booster.predict(X[filled])
+    assert np.allclose(ranker.score(hist, cands).numpy()[filled], expected, atol=1e-5)
+    off = make(cyclic.ds.n_items, **{"ltr.ltr_start_from_retriever": False})
+    off.feature_names = ranker.feature_names
+    assert not off._margin(X, cands).any()
+
+
+def test_fusion_is_tuned_on_the_cross_fitted_scores_and_its_retriever_end_is_the_retrieval_order(cyclic, trained):
+    from recsys_core.rerank.fusion import RETRIEVER_ORDER, fused_validation, tune_weight, validation_scores
+
+    ranker, _ = trained
+    assert torch.equal(validation_scores(ranker, cyclic.val), ranker.cross_fitted_scores(cyclic.val))
+    weight, curve = tune_weight(ranker, cyclic.val, "ndcg_at_10", KS)
+    cross_fitted = result_from_scores(ranker.cross_fitted_scores(cyclic.val), cyclic.val, KS)
+    assert curve[0.0] == pytest.approx(ndcg(cross_fitted))  # weight 0: the ranker's own out-of-fold order
+    assert curve[weight] == max(curve.values())
+    at_retrieval = result_from_scores(fused_validation(ranker, cyclic.val, RETRIEVER_ORDER), cyclic.val, KS)
+    assert ndcg(at_retrieval) == pytest.approx(ndcg(list_order_result(cyclic.val, KS)))

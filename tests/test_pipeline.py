@@ -19,11 +19,13 @@ from stages import cli
 
 pytestmark = pytest.mark.slow
 
+# BERT4Rec here (the default, ltr, runs through DVC in test_dvc_pipeline)
 FAST = ["--dataset_code", "custom", "--custom_interactions", "mine.csv", "--min_uc", "3", "--min_sc", "1",
         "--rerank_eval_candidates", "10", "--retrieval_top_k", "20", "--rerank_top_k", "10", "--device", "cpu",
         "--lru_hidden_size", "16", "--lru_num_blocks", "1", "--lru_max_len", "16", "--batch_size_retrieval", "32",
         "--retrieval_lr", "0.01", "--retrieval_epochs", "4", "--bert_hidden_size", "16", "--bert_num_blocks", "1",
-        "--bert_max_len", "16", "--rerank_lr", "0.01", "--rerank_epochs", "3", "--rerank_batch_size", "32"]  # fmt: skip
+        "--bert_max_len", "16", "--rerank_lr", "0.01", "--rerank_epochs", "3", "--rerank_batch_size", "32",
+        "--rerank_method", "bert4rec"]  # fmt: skip
 
 
 PREFIX = "custom_min_rating0-min_uc3-min_sc1"  # registered models are named after the prepared data

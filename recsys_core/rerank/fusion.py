@@ -92,15 +92,33 @@ def final_scores(reranker, histories: list[np.ndarray], candidates: np.ndarray, 
     return scores
 
 
+def validation_scores(reranker, cset: CandidateSet, batch_size: int = 256) -> torch.Tensor:
+    """The reranker's scores of the validation lists: its cross-fitted (out-of-fold) scores when it was trained on
+    those very lists (``fits_on_validation``, e.g. ``ltr``), so that tuning never reads in-sample scores."""
+    from recsys_core.rerank.evaluate import score_lists
+
+    if getattr(reranker, "fits_on_validation", False):
+        return reranker.cross_fitted_scores(cset).float()
+    return score_lists(reranker.score, cset, batch_size, desc="fusion")
+
+
+def fused_validation(reranker, cset: CandidateSet, weight, batch_size: int = 256) -> torch.Tensor:
+    """``validation_scores`` fused with the retriever's at ``weight`` (None or no retrieval scores: unfused)."""
+    scores = validation_scores(reranker, cset, batch_size)
+    if weight is not None and cset.retrieval_scores is not None:
+        return fuse(scores, cset.retrieval_scores, cset.candidates, weight)
+    return scores
+
+
 def tune_weight(reranker, cset: CandidateSet, monitor: str, ks: Sequence[int], batch_size: int = 256):
     """The grid weight with the best validation ``monitor`` (ties: the smaller weight, the retriever's end being the
     largest); returns (weight, curve). ``monitor`` ``mrr`` reads the lists' MRR (``mrr_at_{K}``, K the list width)."""
     from recsys_core.metrics import monitored_value
-    from recsys_core.rerank.evaluate import result_from_scores, score_lists
+    from recsys_core.rerank.evaluate import result_from_scores
 
     if cset.retrieval_scores is None:
         raise ValueError("score fusion needs the retriever's scores (retrieval mode)")
-    raw = score_lists(reranker.score, cset, batch_size, desc="fusion")
+    raw = validation_scores(reranker, cset, batch_size)
     curve = {w: monitored_value(result_from_scores(fuse(raw, cset.retrieval_scores, cset.candidates, w), cset,
                                                    ks).all_users, monitor)
              for w in WEIGHTS}  # fmt: skip

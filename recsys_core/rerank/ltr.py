@@ -31,8 +31,12 @@ and content ones):
    evaluated on the test users. Scoring the validation lists with ``score`` would be in-sample and would count their
    targets; their numbers are ``cross_fitted_scores``.
 
-Score fusion with the retriever is pointless here (the retriever's score and rank are features): the stage should
-skip it for rerankers with ``fits_on_validation`` (its tuning would read in-sample validation scores).
+Boosting starts from the retriever (``ltr.ltr_start_from_retriever``, default on): each list's retriever scores,
+z-scored within the list, are LightGBM's ``init_score``, so round 0 ranks exactly as the retriever does and the trees
+learn corrections to it (with a few hundred training lists, trees grown from zero rank worse than the retriever they
+are given as a feature). Score fusion (``rerank.rerank_score_fusion``) is tuned on the cross-fitted validation scores,
+never on in-sample ones; its grid ends at the retriever's own order, so the tuned pipeline is never below retrieval
+on validation.
 
 Saved folder: ``ranker.txt`` (LightGBM's text format), ``config.json`` (method, settings, feature names, modalities,
 the carried models' registry versions), ``counts.safetensors`` (the train + validation count tables),
@@ -45,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -174,6 +179,7 @@ class LTRReranker(Reranker):
             "recent_share": t.ltr_recent_share,
             "transition_window": t.ltr_transition_window,
             "content_window": 10,
+            "start_from_retriever": t.ltr_start_from_retriever,
             "prefix": registry.data_prefix(cfg.data),  # where the carried models are looked up
         }
 
@@ -321,14 +327,31 @@ class LTRReranker(Reranker):
                 "seed": int(seed), "deterministic": True, "force_col_wise": True, "verbosity": -1,
                 "num_threads": lightgbm_threads()}  # fmt: skip
 
-    def _dataset(self, X: np.ndarray, labels: np.ndarray, candidates: np.ndarray, rows: np.ndarray, reference=None):
-        """A lambdarank Dataset of the lists ``rows`` (their filled slots; one query per list)."""
+    def _margin(self, X: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """(B, K) the score boosting starts from: with ``ltr_start_from_retriever``, the retriever's score z-scored
+        within each list (LightGBM's ``init_score``), so that round 0 ranks as the retriever does and the trees learn
+        corrections to it; zeros otherwise (or without the ``retriever`` family)."""
+        filled = candidates != 0
+        if not self.hparams.get("start_from_retriever", False) or "retriever_score" not in self.feature_names:
+            return np.zeros(candidates.shape)
+        score = np.where(filled, X[..., self.feature_names.index("retriever_score")], np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a list with no filled slot: all-NaN mean
+            mean, std = np.nanmean(score, axis=1, keepdims=True), np.nanstd(score, axis=1, keepdims=True)
+            z = (score - mean) / np.where(std > 0, std, 1.0)
+        return np.where(filled & np.isfinite(z), z, 0.0)
+
+    def _dataset(self, X: np.ndarray, labels: np.ndarray, candidates: np.ndarray, rows: np.ndarray, margin: np.ndarray,
+                 reference=None):  # fmt: skip
+        """A lambdarank Dataset of the lists ``rows`` (their filled slots; one query per list), starting from
+        ``margin``."""
         import lightgbm as lgb
 
         filled = candidates[rows] != 0
         data = X[rows][filled]
         return lgb.Dataset(data, label=labels[rows][filled].astype(np.float64), group=filled.sum(axis=1),
-                           feature_name=self.feature_names, reference=reference, free_raw_data=False)  # fmt: skip
+                           init_score=margin[rows][filled], feature_name=self.feature_names, reference=reference,
+                           free_raw_data=False)  # fmt: skip
 
     def fit(self, seqs: Sequences, val: CandidateSet, settings: LoopSettings,
             callbacks: Sequence[EpochCallback] = (), ks: Sequence[int] = (5, 10, 20),
@@ -355,6 +378,7 @@ class LTRReranker(Reranker):
         candidates = np.asarray(val.candidates, dtype=np.int64)
         X = self.features(val.histories, candidates, tables)
         labels = (candidates == np.asarray(val.targets)[:, None]) & (candidates != 0)
+        margin = self._margin(X, candidates)
         hit = labels.any(axis=1)
         folds = int(h["folds"])
         if hit.sum() < 2 * folds:
@@ -370,8 +394,8 @@ class LTRReranker(Reranker):
             stop_rows = np.zeros(len(val), dtype=bool)
             stop_rows[rng.choice(pool, max(1, int(round(EARLY_STOPPING_SHARE * len(pool)))), replace=False)] = True
             train_rows = np.flatnonzero(hit & (fold_of != fold) & ~stop_rows)
-            dtrain = self._dataset(X, labels, candidates, train_rows)
-            dstop = self._dataset(X, labels, candidates, np.flatnonzero(stop_rows), reference=dtrain)
+            dtrain = self._dataset(X, labels, candidates, train_rows, margin)
+            dstop = self._dataset(X, labels, candidates, np.flatnonzero(stop_rows), margin, reference=dtrain)
             record: dict = {}
             booster = lgb.train(params, dtrain, num_boost_round=int(h["num_rounds"]), valid_sets=[dtrain, dstop],
                                 valid_names=["training", "early_stopping"], keep_training_booster=True,
@@ -388,7 +412,7 @@ class LTRReranker(Reranker):
                 filled = candidates[rows] != 0
                 if filled.any():
                     block = np.full(filled.shape, -np.inf)
-                    block[filled] = booster.predict(
+                    block[filled] = margin[rows][filled] + booster.predict(
                         X[rows][filled], num_iteration=rounds[fold], num_threads=lightgbm_threads()
                     )
                     scores[rows] = block
@@ -415,7 +439,7 @@ class LTRReranker(Reranker):
         history.stopped_early = trained < int(h["num_rounds"])
 
         final = lgb.train(
-            params, self._dataset(X, labels, candidates, np.flatnonzero(hit)), num_boost_round=final_rounds
+            params, self._dataset(X, labels, candidates, np.flatnonzero(hit), margin), num_boost_round=final_rounds
         )
         # the very model that save() writes: its text form, read back
         self.booster = lgb.Booster(model_str=final.model_to_string())
@@ -443,7 +467,8 @@ class LTRReranker(Reranker):
         filled = candidates != 0
         out = np.full(candidates.shape, -np.inf)
         if filled.any():
-            out[filled] = self.booster.predict(X[filled], num_threads=lightgbm_threads())
+            margin = self._margin(X, candidates)
+            out[filled] = margin[filled] + self.booster.predict(X[filled], num_threads=lightgbm_threads())
         return torch.as_tensor(out, dtype=torch.float32)
 
     def cross_fitted_scores(self, cset: CandidateSet) -> torch.Tensor:

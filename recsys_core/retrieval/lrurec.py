@@ -3,9 +3,11 @@
 Embedding -> LayerNorm(dropout) -> blocks of [LRU layer + position-wise FFN] -> scores = h·Eᵀ + b (tied item
 embeddings). The LRU layer is a complex diagonal recurrence h_t = λ ⊙ h_{t-1} + γ ⊙ (B x_t), λ = exp(−exp(ν) + i·exp(θ)),
 γ = sqrt(1 − |λ|²), output LayerNorm(dropout(Re(C h)) + x). ν, θ start on a ring |λ| ∈ [r_min, r_max] and are never
-re-initialised. The recurrence runs as a parallel scan in log2(L) steps over left-padded inputs; padding never
-feeds the state of a real position. B and C are complex matrices kept as real/imaginary parameter pairs, so that
-weights are plain float tensors (safetensors) and autocast cannot touch the complex arithmetic.
+re-initialised. The recurrence runs one time step after another over left-padded inputs of any length, in an
+autograd function with a hand-written backward (``recurrent_scan``; ``sequential_scan`` is the plain-autograd
+reference); padding never feeds the state of a real position. B and C are complex matrices kept as real/imaginary
+parameter pairs, so that weights are plain float tensors (safetensors); the layer multiplies by them as one real
+matmul each over interleaved real/imaginary parts, and autocast cannot touch the complex arithmetic.
 """
 
 from __future__ import annotations
@@ -15,38 +17,66 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from recsys_core.config import Config
 from recsys_core.retrieval.base import SequentialRetriever
 
 
-def parallel_scan(u: torch.Tensor, lam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """h_t = λ·h_{t-1}·mask_{t-1} + u_t for every t, in log2(L) doubling steps.
+class _Recurrence(torch.autograd.Function):
+    """h_t = c_t·h_{t-1} + u_t with c_t = λ·mask_{t-1}, one time step at a time, with a hand-written backward.
 
-    u: (B, L, D) complex, L a power of two; lam: (D,) complex; mask: (B, L) bool (False = padding). At step i, each
-    block of length 2^i adds to its right half the state at the end of its left half times λ^1..λ^(2^(i-1)); a
-    padded block end carries nothing. The update is added through F.pad rather than slicing both halves and
-    concatenating them, which halves the backward pass's memory traffic on CPU.
+    Each step reads and writes one (B, D) slice, which stays in cache: the whole pass reads ``u`` once and writes
+    ``h`` once. The backward runs the recurrence in reverse with conj(c) (PyTorch's convention for complex
+    gradients): G_t = g_t + conj(c_{t+1})·G_{t+1}, ∂u_t = G_t, ∂λ = Σ_{b, t>0} mask_{t-1}·G_t·conj(h_{t-1}).
     """
-    batch, length, dim = u.shape
-    steps = int(math.log2(length))
-    if 2**steps != length:
-        raise ValueError(f"parallel_scan needs a power-of-two length, got {length}")
-    h = u
-    keep = mask.to(u.real.dtype)
-    powers = lam.unsqueeze(0)  # λ^1 .. λ^(half), doubles each step
-    for i in range(1, steps + 1):
-        block, half = 2**i, 2 ** (i - 1)
-        if i > 1:
-            powers = torch.cat([powers, powers * powers[-1]], dim=0)
-        h = h.reshape(batch * length // block, block, dim)
-        carry = h[:, half - 1 : half] * keep.reshape(-1, block)[:, half - 1 : half, None]
-        h = h + F.pad(powers * carry, (0, 0, half, 0))
-    return h.reshape(batch, length, dim)
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, lam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = torch.empty_like(u, memory_format=torch.contiguous_format)
+        hs, us = h.unbind(1), u.unbind(1)
+        keep = mask.to(u.real.dtype).unsqueeze(-1)
+        whole = mask.all(0).tolist()  # steps where no sequence is padding: c_t is λ itself
+        hs[0].copy_(us[0])
+        for t in range(1, len(hs)):
+            torch.addcmul(us[t], hs[t - 1], lam if whole[t - 1] else lam * keep[:, t - 1], out=hs[t])
+        ctx.save_for_backward(h, lam, keep)
+        ctx.whole = whole
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        h, lam, keep = ctx.saved_tensors
+        g = torch.empty_like(grad, memory_format=torch.contiguous_format)
+        gs, grads, hs = g.unbind(1), grad.unbind(1), h.unbind(1)
+        lam_conj = lam.conj().resolve_conj()
+        grad_lam = torch.zeros(len(hs), lam.shape[0], dtype=lam.dtype, device=lam.device)  # one row per step
+        gs[-1].copy_(grads[-1])
+        for t in range(len(gs) - 1, 0, -1):
+            carried = hs[t - 1].conj()  # what step t received, h_{t-1}·mask_{t-1} (conjugated)
+            if ctx.whole[t - 1]:
+                torch.addcmul(grads[t - 1], gs[t], lam_conj, out=gs[t - 1])
+            else:
+                torch.addcmul(grads[t - 1], gs[t], lam_conj * keep[:, t - 1], out=gs[t - 1])
+                carried = carried * keep[:, t - 1]
+            torch.sum(gs[t] * carried, 0, out=grad_lam[t])
+        return g, grad_lam.sum(0), None
+
+
+def recurrent_scan(u: torch.Tensor, lam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """h_t = λ·h_{t-1}·mask_{t-1} + u_t for every t, any length L.
+
+    u: (B, L, D) complex; lam: (D,) complex; mask: (B, L) bool (False = padding): a padded step passes nothing on,
+    so left padding never reaches a real position. On CPU this step-by-step loop over cached (B, D) slices is
+    several times faster, forward and backward, than a log2(L)-step parallel scan, whose every step makes passes
+    over the whole (B, L, D) tensor (and whose autograd graph makes more).
+    """
+    return _Recurrence.apply(u, lam, mask)
 
 
 def sequential_scan(u: torch.Tensor, lam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The same recurrence one step at a time (the reference the parallel scan is tested against)."""
+    """The same recurrence with plain autograd ops (the reference recurrent_scan is tested against)."""
     out = [u[:, 0]]
     for t in range(1, u.shape[1]):
         out.append(lam * out[-1] * mask[:, t - 1].unsqueeze(-1) + u[:, t])
@@ -75,9 +105,16 @@ class LRULayer(nn.Module):
             x32 = x.float()
             nu, theta, gamma = torch.exp(self.params_log.float())
             lam = torch.exp(torch.complex(-nu, theta))
-            u = torch.complex(self.in_re(x32), self.in_im(x32)) * gamma
-            h = parallel_scan(u, lam, mask)
-            y = self.out_re(h.real) - self.out_im(h.imag)  # Re(C h) with C = C_re + i C_im
+            # u = γ ⊙ (B x + b) with B = B_re + i B_im: one matmul whose output rows alternate re/im, read as complex
+            # without a copy; γ is folded into the (small) weights.
+            gamma2 = gamma.repeat_interleave(2)
+            w_in = torch.stack([self.in_re.weight, self.in_im.weight], dim=1).flatten(0, 1) * gamma2[:, None]
+            b_in = torch.stack([self.in_re.bias, self.in_im.bias], dim=1).flatten() * gamma2
+            u = torch.view_as_complex(F.linear(x32, w_in, b_in).unflatten(-1, (-1, 2)))
+            h = recurrent_scan(u, lam, mask)
+            # Re(C h) = C_re h_re − C_im h_im, again one matmul over the interleaved re/im of h.
+            w_out = torch.stack([self.out_re.weight, -self.out_im.weight], dim=2).flatten(1, 2)
+            y = F.linear(torch.view_as_real(h).flatten(-2), w_out, self.out_re.bias)
         return self.layer_norm(self.dropout(y) + x32)
 
 
@@ -116,17 +153,14 @@ class LRURecModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) left-padded with 0 -> hidden states (B, L, H)."""
-        length = tokens.shape[1]
-        padded = 2 ** math.ceil(math.log2(max(length, 2)))
-        tokens = F.pad(tokens, (padded - length, 0))
         mask = tokens > 0
         x = self.embed_norm(self.embed_dropout(self.token(tokens)))
         for lru, ffn in zip(self.lru, self.ffn, strict=True):
             x = ffn(lru(x, mask))
-        return x[:, -length:]
+        return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.token.weight.T + self.bias
+        return F.linear(hidden, self.token.weight, self.bias)  # h·Eᵀ + b, the bias added inside the matmul
 
 
 class LRURec(SequentialRetriever):
