@@ -31,12 +31,15 @@ UI_PORT ?= 5000
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(UI_PORT)
 
-# The promoted two-stage model as a REST service on 127.0.0.1 (POST /invocations, see README).
+# The promoted two-stage model as a REST service on 127.0.0.1 (POST /invocations, see README): MLflow's scoring
+# server behind the request guard of recsys_core/serving.py (body size, rows, requests in flight), run by the venv's
+# own uvicorn, so no activated venv is needed. SERVE_MODEL= serves another model URI or a model folder.
 DATASET ?= ml-100k
 SERVE_PORT ?= 5001
+SERVE_MODEL ?= models:/$(DATASET)-two-stage@champion
 serve: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
-		$(BIN)/mlflow models serve -m "models:/$(DATASET)-two-stage@champion" --env-manager local \
+		RECSYS_SERVE_MODEL="$(SERVE_MODEL)" $(BIN)/uvicorn --factory recsys_core.serving_guard:scoring_app \
 		--host 127.0.0.1 --port $(SERVE_PORT)
 
 compare: $(STAMP)

@@ -261,6 +261,19 @@ class VIP5Config(Section):
     vip5_max_length: int = Field(512, ge=32, description="prompt tokens; history is shortened, candidates never")
 
 
+class ServingConfig(Section):
+    """Limits of the served models, stored with the two-stage model when it is logged. A request over one is refused
+    before any work (HTTP 400 naming the limit; 413 for the body), so one request cannot sink the server."""
+
+    serving_max_rows: int = Field(100, ge=1, description="rows (one recommendation list each) per request")
+    serving_max_history: int = Field(5000, ge=1, description="item ids in one row's history")
+    serving_max_candidates: int = Field(500, ge=1, description="the reranker model: candidate ids in one row")
+    serving_max_body_mb: float = Field(8.0, gt=0, description="request body size (make serve; 413 above it)")
+    serving_max_concurrent: int = Field(
+        2, ge=1, description="requests parsed and scored at once (make serve); the others wait their turn"
+    )
+
+
 class Config(BaseModel):
     """The whole params.yaml."""
 
@@ -281,6 +294,7 @@ class Config(BaseModel):
     ltr: LTRConfig = LTRConfig()
     llm: LLMConfig = LLMConfig()
     vip5: VIP5Config = VIP5Config()
+    serving: ServingConfig = ServingConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

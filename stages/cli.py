@@ -11,6 +11,7 @@ from recsys_core.config import Config
 from stages import (
     captions,
     compare,
+    doctor,
     download,
     embeddings,
     evaluate_pipeline,
@@ -62,6 +63,7 @@ COMMANDS = {
     "evaluate-pipeline": (evaluate_pipeline.main, "run the champion retriever + reranker, register the two-stage"),
     "train-pipeline": (train_pipeline.main, "stage 1, stage 2 and the evaluation under one MLflow parent run"),
     "compare": (compare.main, "latest run of each method with metrics, version and champion mark"),
+    "doctor": (doctor.main, "list MLflow runs left RUNNING by a killed process; --close ends them as KILLED"),
     "promote": (promote.main, "promote a registered retriever/reranker version to champion"),
     "stats": (show_stats.main, "print the prepared dataset's statistics"),
     "params": (_params, "print the resolved configuration"),

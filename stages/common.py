@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
+from recsys_core import tracking
 from recsys_core.config import DEPRECATED_FLAGS, FLAT_KEYS, Config, allowed_values, field_info, load_config
 from recsys_core.data.store import DataPaths
 from recsys_core.errors import RecsysError
@@ -112,7 +113,8 @@ def run_stage(
     argv: list[str] | None = None,
     extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> int:
-    """Parse flags, load the config, run ``body``; a known failure prints its message and exits 1."""
+    """Parse flags, load the config, run ``body``; a known failure prints its message and exits 1, a stop signal
+    (SIGTERM, SIGINT) exits 128 + its number after the MLflow run was ended as KILLED."""
     parser = build_parser(prog, description)
     if extra_args:
         extra_args(parser)
@@ -124,4 +126,9 @@ def run_stage(
     except RecsysError as err:
         log.error("%s failed: %s", prog, err)
         return 1
+    except tracking.Interrupted as stop:  # raised only while an MLflow run is open
+        closed = f"; MLflow run {stop.closed_run} ended as KILLED" if stop.closed_run else ""
+        log.error("%s stopped by %s%s; run it again to continue (training resumes from its last checkpoint)", prog,
+                  stop.signal_name, closed)  # fmt: skip
+        return 128 + stop.signum
     return 0

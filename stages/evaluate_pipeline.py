@@ -106,7 +106,8 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
             example = [int(i) for i in seqs.train[1][-10:]]
             extra = ("lightgbm",) if reranker.method == "ltr" else ()
             info = serving.log_two_stage(tmp / "retriever", tmp / "reranker", prepared / ITEMS, tmp / "settings.json",
-                                         example, pinned_requirements(SERVING_REQUIREMENTS + extra))  # fmt: skip
+                                         example, pinned_requirements(SERVING_REQUIREMENTS + extra),
+                                         limits=cfg.serving.model_dump())  # fmt: skip
         two_stage = registry.model_name(prefix, "two-stage")
         version = registry.register(info.model_uri, two_stage, {**tags, "run_id": run.info.run_id}, metrics)
         decision = registry.promote(two_stage, version, "val/ndcg_at_10", data_version=tags[lineage.DATA_VERSION_TAG])

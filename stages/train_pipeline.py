@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -24,11 +25,30 @@ class StageFailed(RecsysError):
     """A stage of the pipeline exited with an error (its own message is above)."""
 
 
+CHILD_STOP_GRACE_S = 120.0  # how long a stopped stage may take to end its MLflow run before it is killed
+
+
 def _run(module: str, flags: list[str]) -> None:
+    """Run a stage in its own process group, so that a stop signal reaches it once, from us: it ends its own run
+    as KILLED, then ours ends. (Without that, Ctrl-C would reach it twice and subprocess.run would SIGKILL it.)"""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     cmd = [sys.executable, "-m", module, *flags]
     log.info("running %s", " ".join(cmd))
-    if subprocess.run(cmd, env=env, check=False).returncode != 0:
+    child = subprocess.Popen(cmd, env=env, process_group=0)
+    try:
+        code = child.wait()
+    except BaseException as stop:
+        signum = getattr(stop, "signum", signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
+        child.send_signal(signum)
+        try:
+            child.wait(timeout=CHILD_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop within %.0f s of %s; killing it", module, CHILD_STOP_GRACE_S,
+                      signal.Signals(signum).name)  # fmt: skip
+            child.kill()
+            child.wait()
+        raise
+    if code != 0:
         raise StageFailed(f"`{' '.join(cmd)}` failed; see its message above")
 
 

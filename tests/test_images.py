@@ -368,7 +368,7 @@ def test_unsafe_raw_ids_get_hashed_file_names(tmp_path):
         name = file_name(raw_id)
         assert len(name) == 20 and all(c in "0123456789abcdef" for c in name), raw_id
     (tmp_path / "p.png").write_bytes(encode(Image.new("RGB", (10, 10)), "PNG"))
-    manifest = run(items(("../evil", "", str(tmp_path / "p.png"))), tmp_path / "out")
+    manifest = run(items(("../evil", "", str(tmp_path / "p.png"))), tmp_path / "out", base_dir=tmp_path)
     assert row(manifest, "../evil")["file"] == f"{FILES}/{file_name('../evil')}.jpg"
     assert (tmp_path / "out" / FILES / f"{file_name('../evil')}.jpg").is_file()
 

@@ -290,7 +290,9 @@ def test_the_logged_two_stage_model_takes_user_ids_with_nulls(task, trained, tmp
     seqs, _, _ = task
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     _, direct = served_models(trained("vbpr"), tmp_path)
-    with mlflow.start_run():
+    # Artifacts in tmp_path too (the default experiment would write them to ./mlruns of the repository).
+    experiment = mlflow.create_experiment("nulls", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
         info = log_two_stage(tmp_path / "retriever", tmp_path / "reranker", tmp_path / "items.parquet",
                              tmp_path / "settings.json", seqs.train[1].tolist(), [])  # fmt: skip
     logged = mlflow.pyfunc.load_model(info.model_uri)

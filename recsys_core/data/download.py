@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from urllib3.exceptions import NameResolutionError
 from tqdm.auto import tqdm
+from urllib3.exceptions import NameResolutionError
 
 from recsys_core.errors import ChecksumError, DownloadError
 from recsys_core.io import atomic_path, sha256_file
@@ -69,7 +69,12 @@ def download(
         except _Permanent as err:
             last_error = str(err)
             break
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Retryable) as err:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            _Retryable,
+        ) as err:
             last_error = f"{type(err).__name__}: {err}"
             if _unknown_host(err):
                 break

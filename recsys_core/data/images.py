@@ -4,6 +4,9 @@ Image embeddings and multimodal rerankers need one decoded, same-sized picture p
 public datasets are often dead, slow, oversized or not images at all. So no single item can fail the run: every
 item gets a row in ``manifest.parquet`` with a status and a reason, and a rerun reuses what is done and retries only
 what failed for a transient reason (timeouts, dropped connections, 5xx/408/429 answers).
+
+A local ``image_path`` is data, not a licence to read any file: it must lead (after following symlinks and "..") to
+a regular file inside the items file's folder, else the item is ``refused`` without the file being opened.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import re
+import stat
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -34,7 +39,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.parquet"
 FILES = "files"
 TOTAL_TIMEOUTS = 4  # a whole download may take this many times features.image_timeout
-STATUSES = ("ok", "missing_url", "http_error", "timeout", "not_image", "corrupt", "too_large")
+STATUSES = ("ok", "missing_url", "http_error", "timeout", "not_image", "corrupt", "too_large", "refused")
 COLUMNS = ("raw_id", "source", "status", "reason", "file", "width", "height", "orig_width", "orig_height")
 _TEXT_COLUMNS = COLUMNS[:5]
 _INT_COLUMNS = COLUMNS[5:]
@@ -44,9 +49,26 @@ USER_AGENT = "seqrerank/0.1 (item image download for research; python-requests)"
 JPEG_QUALITY = 95
 RETRY_STATUS = frozenset({408, 429})  # plus every 5xx
 BACKOFF_START, BACKOFF_CAP = 0.5, 4.0  # seconds
-FINAL_STATUSES = frozenset({"missing_url", "not_image", "corrupt", "too_large"})  # plus http_error on a 4xx
-# Only the formats item pictures come in: Pillow's rarer plugins (EPS runs Ghostscript) are not worth the risk.
-FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO", "AVIF")
+FINAL_STATUSES = frozenset({"missing_url", "not_image", "corrupt", "too_large", "refused"})  # + http_error on a 4xx
+# Only the formats item pictures come in: Pillow's rarer plugins (EPS runs Ghostscript) are not worth the risk. MPO
+# (multi-picture JPEG from cameras) has no opener of its own: the JPEG one returns it. Naming a format Pillow cannot
+# open made every non-JPEG/PNG/... picture fail with "KeyError: 'MPO'", so FORMATS keeps only what this Pillow opens
+# (pillow==13.0.0 opens all of these, AVIF included; tests/test_hostile_input.py checks it).
+WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+Image.init()
+FORMATS = tuple(f for f in WANTED_FORMATS if f in Image.OPEN)
+# Signatures of files people take for images but Pillow does not read here, to name them in the reason.
+_KNOWN_OTHERS = (
+    (b"%PDF", "a PDF document"),
+    (b"<svg", "an SVG drawing (vector, not decoded)"),
+    (b"<?xml", "XML text (an SVG drawing?)"),
+    (b"<!doctype html", "an HTML page"),
+    (b"<html", "an HTML page"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x1f\x8b", "gzip data"),
+)
+_PSEUDO_FS = (Path("/proc"), Path("/sys"))
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,80}")
 _HTTP_CODE = re.compile(r"^HTTP (\d{3})\b")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -63,11 +85,13 @@ class _Failure(Exception):
 
 @dataclass(frozen=True)
 class _Job:
-    """One item to process: where its picture comes from (``local`` is set when ``source`` is a file path)."""
+    """One item to process: where its picture comes from (``local``, the resolved file, is set when ``source`` is a
+    file path; ``refusal`` says why that path may not be read)."""
 
     raw_id: str
     source: str
     local: Path | None
+    refusal: str = ""
 
 
 def download_images(
@@ -75,8 +99,10 @@ def download_images(
 ) -> pd.DataFrame:
     """Fetch, check and resize the picture of every item into ``dest/files``; write and return the manifest.
 
-    ``items`` holds ``raw_id``, ``image_url`` and ``image_path`` ('' when absent). A local ``image_path`` (relative
-    paths resolve against ``base_dir``, else the working directory) wins over ``image_url``. Each picture is
+    ``items`` holds ``raw_id``, ``image_url`` and ``image_path`` ('' when absent). A local ``image_path`` wins over
+    ``image_url``; it resolves against ``base_dir`` (the items file's folder; else the working directory) and must stay
+    inside it after symlinks and ".." are followed (absolute paths too), and be a regular file: anything else (a
+    path outside, a device, fifo, folder or /proc entry) is ``refused`` and never opened. Each picture is
     converted to RGB (transparency composited onto white), shrunk to fit ``cfg.image_size`` squared with its aspect
     ratio kept (smaller pictures are not upscaled: that would add no detail) and saved as ``files/<name>.jpg``.
 
@@ -96,6 +122,9 @@ def download_images(
         old = rows.get(job.raw_id)
         if not job.source:
             rows[job.raw_id] = _row(job.raw_id, "", "missing_url", "no image_url or image_path")
+            (dest / FILES / f"{file_name(job.raw_id)}.jpg").unlink(missing_ok=True)
+        elif job.refusal:  # also drops a copy that an earlier version made of a file outside the folder
+            rows[job.raw_id] = _row(job.raw_id, job.source, "refused", job.refusal)
             (dest / FILES / f"{file_name(job.raw_id)}.jpg").unlink(missing_ok=True)
         elif old is not None and _reusable(old, job, dest, cfg.image_size):
             reused += 1
@@ -194,17 +223,37 @@ def _jobs(items: pd.DataFrame, base_dir: Path | None) -> list[_Job]:
     if dupes.any():
         log.warning("%d duplicate raw ids in the items; using the first row of each", int(dupes.sum()))
         frame = frame[~dupes]
+    root = Path(base_dir if base_dir is not None else Path.cwd()).resolve()
     jobs = []
     for raw_id, url, path in frame.itertuples(index=False, name=None):
         url, path = url.strip(), path.strip()
         if path:
-            local = Path(path).expanduser()
-            if not local.is_absolute() and base_dir is not None:
-                local = Path(base_dir) / local
-            jobs.append(_Job(raw_id, path, local))
+            local, refusal = _local_path(path, root)
+            jobs.append(_Job(raw_id, path, local, refusal))
         else:
             jobs.append(_Job(raw_id, url, None))
     return jobs
+
+
+def _local_path(given: str, root: Path) -> tuple[Path, str]:
+    """The file an ``image_path`` leads to (symlinks and ".." followed) and, when it is outside ``root``, why it is
+    refused: the items table may come from anyone, and must not make the stage copy /etc/passwd into the images."""
+    if "\x00" in given:
+        return root, f"image_path {given!r} holds a NUL character; give a plain file path"
+    try:
+        path = Path(given).expanduser()
+        real = (path if path.is_absolute() else root / path).resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop, or a "~user" that does not exist
+        return root, f"image_path {given!r} cannot be resolved ({err}); give a plain file path inside {root}"
+    if real.is_relative_to(root):
+        pseudo = next((p for p in _PSEUDO_FS if real.is_relative_to(p)), None)
+        if pseudo is not None:  # their entries look like regular files (of size 0) but are views of the system
+            return real, f"image_path {given!r} leads to {real}, a {pseudo} entry, not a regular file"
+        return real, ""
+    return real, (
+        f"image_path {given!r} leads to {real}, outside the items file's folder {root} (after following symlinks "
+        f"and '..'): only files inside it are read. Copy the image into that folder and give its path relative to it."
+    )
 
 
 def _reusable(old: dict, job: _Job, dest: Path, size: int) -> bool:
@@ -294,16 +343,43 @@ def _too_large(size: int | None, cfg: FeaturesConfig) -> _Failure:
 
 
 def _read_local(path: Path, cfg: FeaturesConfig) -> bytes:
-    """The bytes of a local picture; a missing or unreadable file is recorded as missing_url."""
+    """The bytes of a local picture (``path`` is resolved and inside the folder: see ``_local_path``).
+
+    Only a regular file is read: a fifo would block, a device or /proc entry is not data, a folder is not a file.
+    The file is opened without following a symlink put there since the check and without blocking, checked again on
+    the open descriptor, and read up to the size limit (a /proc file says it is 0 bytes long). A missing or
+    unreadable file is missing_url.
+    """
     try:
-        if not path.is_file():
-            raise _Failure("missing_url", f"local file {path} not found")
-        size = path.stat().st_size
-        if size > _max_bytes(cfg):
-            raise _too_large(size, cfg)
-        return path.read_bytes()
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise _Failure("missing_url", f"local file {path} not found") from None
     except OSError as err:
         raise _Failure("missing_url", f"cannot read local file {path}: {err.strerror or err}") from err
+    if not stat.S_ISREG(info.st_mode):
+        raise _not_regular(path, info.st_mode)
+    if info.st_size > _max_bytes(cfg):
+        raise _too_large(info.st_size, cfg)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        with os.fdopen(os.open(path, flags), "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise _not_regular(path, mode)
+            data = handle.read(_max_bytes(cfg) + 1)
+    except OSError as err:
+        raise _Failure("missing_url", f"cannot read local file {path}: {err.strerror or err}") from err
+    if len(data) > _max_bytes(cfg):
+        raise _too_large(None, cfg)
+    return data
+
+
+def _not_regular(path: Path, mode: int) -> _Failure:
+    """The refusal of a path that is not a regular file, naming what it is."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a fifo (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return _Failure("refused", f"{path} is {kind}, not a regular file: point image_path at an image file")
 
 
 def _fetch(session: requests.Session, url: str, cfg: FeaturesConfig) -> bytes:
@@ -385,9 +461,17 @@ def _short(err: BaseException, limit: int = 300) -> str:
 
 
 def _load_image(data: bytes, size: int) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode, check and shrink a picture; return the RGB result and the original (upright) size."""
+    """Decode, check and shrink a picture; return the RGB result and the original (upright) size.
+
+    Failures say what went wrong: ``not_image`` for bytes no decoder here recognises (naming what they look like),
+    ``corrupt`` with "truncated <format>" or "damaged <format>" for a picture that starts right but cannot be read.
+    """
+    if not data:
+        raise _Failure("not_image", "not an image: the file is empty (0 bytes)")
+    fmt = "image"
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
+            fmt = probe.format or fmt
             _check_pixels(probe.size)
             probe.verify()
         image = Image.open(io.BytesIO(data), formats=FORMATS)
@@ -401,9 +485,53 @@ def _load_image(data: bytes, size: int) -> tuple[Image.Image, tuple[int, int]]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise _Failure("too_large", f"decompression bomb guard: {_short(err)}") from err
     except Image.UnidentifiedImageError as err:
-        raise _Failure("corrupt", f"Pillow cannot identify the image (tried {', '.join(FORMATS)})") from err
+        raise _unidentified(data) from err
     except Exception as err:  # Pillow reports bad bytes as OSError, SyntaxError, ValueError, struct.error, ...
-        raise _Failure("corrupt", f"{type(err).__name__}: {_short(err)}") from err
+        raise _damaged(fmt if fmt != "image" else _signature(data) or fmt, err) from err
+
+
+def _damaged(fmt: str, err: BaseException) -> _Failure:
+    """A picture of a known format whose data cannot be read: cut short, or broken."""
+    message = _short(err)
+    if isinstance(err, EOFError) or "truncated" in message.lower():
+        return _Failure("corrupt", f"truncated {fmt}: {message or type(err).__name__}")
+    return _Failure("corrupt", f"damaged {fmt}: {type(err).__name__}: {message}")
+
+
+def _unidentified(data: bytes) -> _Failure:
+    """Why Pillow could not open the bytes: a known format's header with broken data after it (``corrupt``, with
+    that decoder's own error), or no picture format at all (``not_image``, naming what the bytes look like)."""
+    fmt = _signature(data)
+    if fmt is not None:
+        try:
+            Image.OPEN[fmt][0](io.BytesIO(data)).close()
+        except Exception as err:  # the plugin's own complaint is the real reason
+            return _damaged(fmt, err)
+        return _Failure("corrupt", f"damaged {fmt}: its header is there but Pillow cannot open it")
+    return _Failure("not_image", f"not an image: cannot identify image file ({_looks_like(data)}; "
+                                 f"decoded formats: {', '.join(FORMATS)})")  # fmt: skip
+
+
+def _signature(data: bytes) -> str | None:
+    """The decoded format whose signature the bytes start with, if any."""
+    head = data[:16]
+    return next((f for f in FORMATS if (accept := Image.OPEN[f][1]) is not None and accept(head) is True), None)
+
+
+def _looks_like(data: bytes) -> str:
+    """A short description of non-picture bytes, without quoting them (they may be private)."""
+    lowered = data[:64].lstrip().lower()
+    for signature, name in _KNOWN_OTHERS:
+        if lowered.startswith(signature.lower()):
+            return f"it is {name}"
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "it is HEIC/HEIF, which is not decoded: convert it to JPEG"
+    try:
+        data[:4096].decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < 4090:  # not just a character cut at the end of the sample
+            return "unknown binary data"
+    return "it is text"
 
 
 def _check_pixels(dims: tuple[int, int]) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_core.config import DataConfig
-from recsys_core.data.formats import BadLines, coerce_interactions, read_table
+from recsys_core.data.formats import CUSTOM_FIX, BadLines, coerce_interactions, read_table
 from recsys_core.data.sources.base import RawDataset, Source, items_frame, read_manifest
 from recsys_core.data.text import clean_text
 from recsys_core.errors import ConfigError, DataFormatError
@@ -34,6 +34,12 @@ def _suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
 
 
+def _fix(manifest: dict, name: str) -> str:
+    """What to do about a bad copy: fix the user's own file (named in the manifest), then download again."""
+    origin = next((f.get("url") for f in manifest.get("files", []) if f.get("name") == name), None)
+    return f"It is a copy of {origin}. {CUSTOM_FIX}" if origin else CUSTOM_FIX
+
+
 def _pick(frame: pd.DataFrame, names: tuple[str, ...]) -> str | None:
     lower = {c.lower().strip(): c for c in frame.columns}
     return next((lower[n] for n in names if n in lower), None)
@@ -45,13 +51,15 @@ class Custom(Source):
 
     def fetch(self, raw_dir: Path, cfg: DataConfig) -> dict:
         """Copy the user's files into the raw folder so that DVC versions exactly what was prepared."""
-        files = []
-        for role, given in (("interactions", cfg.custom_interactions), ("items", cfg.custom_items)):
-            if not given:
-                continue
-            src = Path(given)
+        given = [(role, Path(name)) for role, name in (("interactions", cfg.custom_interactions),
+                                                        ("items", cfg.custom_items)) if name]  # fmt: skip
+        for role, src in given:  # both checked before either is copied: a refusal leaves the raw folder as it was
             if not src.is_file():
-                raise ConfigError(f"--custom_{role} {given}: no such file")
+                raise ConfigError(f"--custom_{role} {src}: no such file")
+            if src.stat().st_size == 0:
+                raise ConfigError(f"--custom_{role} {src}: the file is empty (0 bytes). {CUSTOM_FIX}")
+        files = []
+        for role, src in given:
             dest = raw_dir / f"{role}{_suffix(src)}"
             for stale in raw_dir.glob(f"{role}.*"):
                 if stale != dest:
@@ -69,7 +77,10 @@ class Custom(Source):
         if inter_name is None:
             raise DataFormatError(f"{raw_dir}: no interactions file; run `recsys download --dataset_code custom`")
         path = raw_dir / inter_name
-        table = read_table(path)
+        found = read_table(path, fix=_fix(manifest, inter_name))
+        table, bad = found.frame, found.bad
+        if table.empty and not bad.count:
+            raise DataFormatError(f"{path}: holds a header but no rows. {_fix(manifest, inter_name)}")
         columns = {key: _pick(table, names_) for key, names_ in ALIASES.items()}
         missing = [k for k in ("user", "item") if columns[k] is None]
         if missing:
@@ -85,30 +96,30 @@ class Custom(Source):
                 "timestamp": table[columns["timestamp"]] if columns["timestamp"] else np.arange(len(table)).astype(str),
             }
         )
-        # ``line`` keeps the row order (file order decides equal timestamps): csv/tsv rows start on line 2 (after
-        # the header), parquet rows count from 1.
-        first_line = 1 if _suffix(path) in (".parquet", ".pq") else 2
-        bad = BadLines(path, total=len(raw))
-        interactions = coerce_interactions(raw, np.arange(first_line, first_line + len(raw)), None, bad)
+        # ``line`` is the line each csv/tsv row starts on (parquet rows count from 1): the file order decides equal
+        # timestamps, and malformed rows are reported by it.
+        interactions = coerce_interactions(raw, found.lines, None, bad)
         bad.check(cfg.max_bad_line_share)
-        items = self._items(raw_dir, names)
-        return RawDataset(interactions, items, manifest, [bad])
+        items, bad_items = self._items(raw_dir, names, manifest)
+        bad_items.check(cfg.max_bad_line_share)
+        return RawDataset(interactions, items, manifest, [bad, bad_items])
 
-    def _items(self, raw_dir: Path, names: set[str]) -> pd.DataFrame:
+    def _items(self, raw_dir: Path, names: set[str], manifest: dict) -> tuple[pd.DataFrame, BadLines]:
         item_name = next((n for n in names if n.startswith("items.")), None)
         if item_name is None:
-            return items_frame([])
+            return items_frame([]), BadLines(raw_dir / "items")
         path = raw_dir / item_name
-        table = read_table(path)
+        found = read_table(path, fix=_fix(manifest, item_name))
+        table = found.frame
         raw_col = _pick(table, ITEM_ALIASES["raw_id"])
         if raw_col is None:
             raise DataFormatError(f"{path}: missing the item id column (one of {ITEM_ALIASES['raw_id']})")
         url_col = _pick(table, ITEM_ALIASES["image_url"])
         out = pd.DataFrame({"raw_id": table[raw_col].str.strip()})
-        for column in ("title", "description", "categories", "brand"):
-            found = _pick(table, (column,))
-            out[column] = table[found].map(clean_text) if found else ""
+        for name in ("title", "description", "categories", "brand"):
+            column = _pick(table, (name,))
+            out[name] = table[column].map(clean_text) if column else ""
         out["image_url"] = table[url_col] if url_col else ""
-        found = _pick(table, ("image_path",))
-        out["image_path"] = table[found] if found else ""
-        return items_frame(out.to_dict("records"))
+        column = _pick(table, ("image_path",))
+        out["image_path"] = table[column] if column else ""
+        return items_frame(out.to_dict("records")), found.bad

