@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv stats ui serve compare clean-venv
+.PHONY: run test lint venv stats ui serve compare clean-venv tracking-server tracking-stop tracking-status push pull remote
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, found {sys.version.split()[0]}: set PYTHON=/path/to/python3.11"'
@@ -42,6 +42,34 @@ serve: $(STAMP)
 		RECSYS_SERVE_MODEL="$(SERVE_MODEL)" $(BIN)/uvicorn --factory recsys_core.serving_guard:scoring_app \
 		--host 127.0.0.1 --port $(SERVE_PORT)
 
+# The team setup: an MLflow tracking server on a PostgreSQL cluster kept in $(TRACKING_DIR), proxied artifacts, on
+# 127.0.0.1 (TRACKING_HOST=0.0.0.0 opens it to the network). Then: export MLFLOW_TRACKING_URI=http://127.0.0.1:5050
+TRACKING_DIR ?= $(CURDIR)/.tracking
+TRACKING_PORT ?= 5050
+PG_PORT ?= 5433
+TRACKING_HOST ?= 127.0.0.1
+TRACKING_FLAGS = --folder "$(TRACKING_DIR)" --port $(TRACKING_PORT) --pg_port $(PG_PORT) --host $(TRACKING_HOST)
+tracking-server: $(STAMP)
+	$(BIN)/python -m stages.cli tracking start $(TRACKING_FLAGS)
+
+tracking-stop: $(STAMP)
+	$(BIN)/python -m stages.cli tracking stop $(TRACKING_FLAGS)
+
+tracking-status: $(STAMP)
+	$(BIN)/python -m stages.cli tracking status $(TRACKING_FLAGS)
+
+# The DVC remote: data, embeddings, candidates and models (default: a folder beside the repository, see .dvc/config).
+# `make remote URL=s3://bucket/path` makes any DVC remote URL the default; commit .dvc/config to share it.
+push: $(STAMP)
+	$(BIN)/dvc push
+
+pull: $(STAMP)
+	$(BIN)/dvc pull
+
+remote: $(STAMP)
+	@test -n "$(URL)" || { echo "usage: make remote URL=s3://bucket/path (or a folder, ssh://, gs://, azure://...)"; exit 2; }
+	$(BIN)/dvc remote add --default --force storage "$(URL)"
+
 compare: $(STAMP)
 	$(BIN)/python -m stages.cli compare --dataset $(DATASET)
 
@@ -52,7 +80,7 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -n auto --dist worksteal
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --durations=25
 
 clean-venv:
 	rm -rf $(VENV)

@@ -117,6 +117,30 @@ def configure(root: Path) -> str:
     return uri
 
 
+_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+                "RemoteDisconnected", "Connection aborted", "Read timed out")  # fmt: skip
+
+
+def unreachable_server(err: BaseException) -> str | None:
+    """The message for a tracking server that stopped answering (None when ``err`` is something else)."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    seen, chain = set(), err
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        text = str(chain)
+        if any(mark in text for mark in _UNREACHABLE):
+            reason = next(mark for mark in _UNREACHABLE if mark in text).lower()
+            return (f"the MLflow tracking server {uri} cannot be reached ({reason}): start it again (`make "
+                    "tracking-server`) or point MLFLOW_TRACKING_URI at a running one, then rerun the stage: training "
+                    "resumes from its last checkpoint and the rerun closes the run left open as KILLED")  # fmt: skip
+        chain = chain.__cause__ or chain.__context__
+    return None
+
+
 def sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (None for other stores and in-memory SQLite)."""
     prefix = "sqlite:///"

@@ -167,6 +167,8 @@ def fit(
             for record in history.epochs:  # the new run shows the whole curve
                 for cb in callbacks:
                     cb(int(record["epoch"]), record)
+            # a run that stopped early goes on when resumed with a longer patience (or more epochs)
+            history.stopped_early = bad_epochs >= settings.patience
             if history.stopped_early:
                 start = settings.epochs + 1
 
@@ -175,7 +177,7 @@ def fit(
     world = distributed.current_world()
     distributed.broadcast_parameters(model, world)
     for epoch in range(start, settings.epochs + 1):
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         model.train()
         rng = np.random.default_rng([settings.seed, epoch])
         losses = []
@@ -204,6 +206,7 @@ def fit(
             _step(model, optimizer, scheduler, settings.grad_clip)
         bar.close()
         train_seconds = time.perf_counter() - began
+        train_cpu_seconds = time.process_time() - cpu_began  # this process's CPU time: every thread, no waiting
         model.eval()
         val = None
         if world.is_main:
@@ -217,6 +220,7 @@ def fit(
             "train_loss": loss_sum / loss_count if loss_count else math.nan,
             "lr": float(optimizer.param_groups[0]["lr"]),
             "epoch_seconds": train_seconds,
+            "epoch_cpu_seconds": train_cpu_seconds,
             "eval_seconds": time.perf_counter() - began - train_seconds,
             **{f"val_{k}": v for k, v in val.items()},
         }

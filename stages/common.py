@@ -131,4 +131,10 @@ def run_stage(
         log.error("%s stopped by %s%s; run it again to continue (training resumes from its last checkpoint)", prog,
                   stop.signal_name, closed)  # fmt: skip
         return 128 + stop.signum
+    except Exception as err:  # noqa: BLE001 - only a tracking server that stopped answering is turned into a message
+        message = tracking.unreachable_server(err)
+        if message is None:
+            raise
+        log.error("%s failed: %s", prog, message)
+        return 1
     return 0

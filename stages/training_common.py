@@ -100,7 +100,8 @@ def reuse_version(folder: Path, version) -> dict:
 def write_curves(history: History, path: Path) -> None:
     """history.tsv for `dvc plots`: per-epoch loss and validation metrics. Timings go to MLflow only, so that the
     same inputs give the same file."""
-    curves = pd.DataFrame(history.epochs).drop(columns=["epoch_seconds", "eval_seconds"], errors="ignore")
+    timings = ["epoch_seconds", "epoch_cpu_seconds", "eval_seconds"]
+    curves = pd.DataFrame(history.epochs).drop(columns=timings, errors="ignore")
     curves.astype({"epoch": int}).to_csv(path, sep="\t", index=False)
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
+import socket
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -24,12 +27,29 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-SLOWEST = "test_dvc_pipeline.py"  # the whole platform through DVC (about 10 minutes on 2 cores)
+SLOWEST = "test_dvc_pipeline.py"  # the platform through DVC: one shared `dvc repro`, then its phases on copies
 
 
 def pytest_collection_modifyitems(config, items):
-    """Start the slowest test first: under xdist the other workers run the rest of the suite beside it."""
-    items.sort(key=lambda item: SLOWEST not in item.nodeid)
+    """Deal the slow DVC phases out over the workers, so that no worker runs them all one after another.
+
+    xdist's worksteal scheduler hands each worker a contiguous share of this list. The first share opens with the first
+    phase (its fixture builds the shared project); the other shares take theirs a third of the way in, when the
+    project is likely built (a phase that comes earlier waits on the fixture's lock).
+    """
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    slow = [item for item in items if SLOWEST in item.nodeid]
+    rest = [item for item in items if SLOWEST not in item.nodeid]
+    ordered, start, left = [], 0, len(items)
+    for share in range(workers):
+        size = left // (workers - share)  # how worksteal sizes the shares
+        left -= size
+        dealt = slow[share::workers]
+        fast = max(size - len(dealt), 0)
+        lead = 0 if share == 0 else fast // 3
+        ordered += rest[start : start + lead] + dealt + rest[start + lead : start + fast]
+        start += fast
+    items[:] = ordered + rest[start:]
 
 
 # Where the LLM / VIP5 reranker tests build their models: RECSYS_TEST_DEVICE=cuda runs their training checks on a GPU.
@@ -132,6 +152,53 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     return tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server():
+    """A real PostgreSQL cluster and `mlflow server` (proxied artifacts) on free 127.0.0.1 ports; its URL.
+
+    The folder is outside pytest's tmp_path: PostgreSQL runs as the `postgres` user, which must be able to enter it.
+    """
+    from recsys_core import tracking_server as server
+
+    folder = Path(tempfile.mkdtemp(prefix="recsys-tracking-"))
+    folder.chmod(0o755)
+    settings = server.ServerSettings(folder, port=free_port(), pg_port=free_port(), workers=1)
+    try:
+        yield server.start(settings), settings
+    finally:
+        server.stop(settings)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class Connections(list):
+    refuse = False
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """Every address a socket connects to; with ``connections.refuse = True`` the connection fails at once.
+
+    "Fails fast" is checked by what is attempted, not by a wall-clock bound, which flakes on a loaded machine.
+    """
+    tried = Connections()
+    connect = socket.socket.connect
+
+    def recorded(sock, address):
+        tried.append(address)
+        if tried.refuse:
+            raise OSError("the test forbids the network")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", recorded)
+    return tried
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,8 @@
 training process exactly there: ``python tests/lifecycle_worker.py PAUSE MARKER recsys-args...``.
 
 PAUSE is ``epoch:N`` (epoch N trained, checkpointed and logged) or ``log_model`` (the MLflow logged model exists,
-PENDING, and its files are being uploaded). On reaching it the worker writes MARKER and sleeps until signalled.
+PENDING, and its files are being uploaded). On reaching it the worker writes MARKER and sleeps until signalled, or
+until a file MARKER.go appears.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from recsys_core import tracking  # noqa: E402
 
 
 def pause(marker: Path) -> None:
+    """Wait for a signal (its handler raises here) or for MARKER.go, which lets the stage go on."""
     marker.write_text("paused\n")
-    time.sleep(600)  # a signal's handler raises here
+    go = marker.with_name(marker.name + ".go")
+    deadline = time.monotonic() + 600
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def main() -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -207,15 +206,14 @@ def test_captions_off_loads_nothing_and_says_how(tmp_path, no_model, caplog):
 
 def test_no_images_ends_at_once_without_the_model(tmp_path, no_model, caplog):
     prepared = tmp_path / "prepared"
-    began = time.perf_counter()
     with caplog.at_level(logging.INFO):
         run = make_captions(prepared, items_frame(["1", "2"]), tmp_path / "no-images", FeaturesConfig(), enabled=True)
-    assert time.perf_counter() - began < 2 and run.table.empty and not run.loaded_model
+    assert run.table.empty and not run.loaded_model
     assert load_captions(prepared).empty and (prepared / CAPTIONS).is_file()
     assert "no item of" in caplog.text and "BLIP-2 not loaded" in caplog.text
 
 
-def test_missing_model_offline_fails_fast_with_what_to_do(monkeypatch, tmp_path):
+def test_missing_model_offline_fails_fast_with_what_to_do(monkeypatch, tmp_path, connections):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     model_id = "Salesforce/blip2-opt-2.7b"
@@ -225,10 +223,10 @@ def test_missing_model_offline_fails_fast_with_what_to_do(monkeypatch, tmp_path)
         else:
             monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
             monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-        began = time.perf_counter()
+        connections.clear()
         with pytest.raises(MissingArtifactError) as err:
             load_blip2(model_id)
-        assert time.perf_counter() - began < 3
+        assert len(connections) <= (0 if offline else 1), connections  # offline: none; a dead hub: one probe
         for part in (f"'{model_id}'", f"huggingface-cli download {model_id}", "HF_HOME", "--caption_model /path/to/dir",
                      "recsys tiny-model --arch blip2 --out DIR"):  # fmt: skip
             assert part in str(err.value)

@@ -1,11 +1,10 @@
 """`recsys train-pipeline` end to end under one parent MLflow run, `recsys compare`, and the two-stage model served
-over REST by `mlflow models serve` on 127.0.0.1."""
+over REST by `mlflow models serve` on 127.0.0.1: on the embedded store and on the team's tracking server (PostgreSQL)."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import urllib.request
 
 import pandas as pd
 import pytest
-from conftest import cyclic_rows
+from conftest import cyclic_rows, free_port
 
 from stages import cli
 
@@ -31,14 +30,17 @@ FAST = ["--dataset_code", "custom", "--custom_interactions", "mine.csv", "--min_
 PREFIX = "custom_min_rating0-min_uc3-min_sc1"  # registered models are named after the prepared data
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(params=["embedded", "server"])
+def store(request, workdir):
+    """The embedded SQLite store, or the team setup: `mlflow server` on a real PostgreSQL, proxied artifacts."""
+    if request.param == "embedded":
+        return f"sqlite:///{workdir}/mlflow.db"
+    url, _ = request.getfixturevalue("tracking_server")
+    return url
 
 
-def test_train_pipeline_compare_and_serve(workdir, monkeypatch, capsys):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
+def test_train_pipeline_compare_and_serve(workdir, store, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("RECSYS_PROJECT_ROOT", str(workdir))
     pd.DataFrame(cyclic_rows(100, 30), columns=["user", "item", "rating", "timestamp"]).to_csv("mine.csv", index=False)
     assert cli.main(["train-pipeline", *FAST, "--rerank_mode", "retrieval"]) == 0
@@ -56,6 +58,8 @@ def test_train_pipeline_compare_and_serve(workdir, monkeypatch, capsys):
         champion = client.get_model_version_by_alias(f"{PREFIX}-{kind}", "champion")
         assert int(champion.version) == 1
     assert pipeline.data.tags["retriever.version"] == "1" and pipeline.data.tags["reranker.version"] == "1"
+    if store.startswith("http"):  # artifacts through the server into its folder, none beside the project
+        assert pipeline.info.artifact_uri.startswith("mlflow-artifacts:/") and not (workdir / "mlartifacts").exists()
     assert "data.interactions.md5" in pipeline.data.tags
     assert {"test/ndcg_at_10", "test_retrieval_only/ndcg_at_10", "test_candidate_recall"} <= set(pipeline.data.metrics)
     rerank = next(r for r in children if r.data.tags["stage"] == "rerank")

@@ -4,8 +4,6 @@ save/load with the item images, the missing-image policy, -inf padding and loadi
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -88,22 +86,16 @@ def test_tiny_model_loads_offline_with_its_processor(tiny_dir):
     assert sum(p.numel() for n, p in model.named_parameters() if "visual" in n) < 1_000_000
 
 
-def test_quantization_on_cpu_and_offline_hub_id_fail_fast(tiny_dir, monkeypatch, tmp_path):
+def test_quantization_on_cpu_and_offline_hub_id_fail_fast(tiny_dir, monkeypatch, tmp_path, connections):
     with pytest.raises(ConfigError, match=r"needs a CUDA device.*--use_quantization"):
         load_vl_model(str(tiny_dir), "cpu", use_quantization=True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    tried = []  # fail fast = no connection attempted (a timing bound flaked under parallel test workers)
-
-    def refuse(sock, address):
-        tried.append(address)
-        raise OSError("the test forbids the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+    connections.refuse = True  # fail fast = no connection attempted
     with pytest.raises(MissingArtifactError) as err:
         Qwen3VLReranker(N_ITEMS, hparams("Qwen/Qwen3-VL-2B-Instruct"), "cpu")
-    assert tried == []
+    assert connections == []
     for part in ("Qwen/Qwen3-VL-2B-Instruct", "huggingface-cli download Qwen/Qwen3-VL-2B-Instruct", "HF_HOME",
                  "local folder", "recsys tiny-model --arch qwen3vl --out DIR"):  # fmt: skip
         assert part in str(err.value)

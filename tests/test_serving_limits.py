@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, tiny_config
+from conftest import REPO, free_port, tiny_config
 
 from recsys_core import serving
 from recsys_core.errors import ConfigError
@@ -303,12 +303,6 @@ def test_the_logged_model_stores_its_limits(model_folder):
                  ("reranker", "reranker"), ("items", "items.parquet"), ("settings", "settings.json"))}  # fmt: skip
     model.load_context(SimpleNamespace(artifacts=artifacts))
     assert model.limits.serving_max_history == 100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 FRESH_SHELL = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}  # no venv

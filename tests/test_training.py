@@ -103,6 +103,17 @@ def test_early_stopping_restores_the_best_epoch():
     assert not torch.equal(snapshots[2]["weight"], snapshots[5]["weight"])
 
 
+def test_a_run_stopped_early_goes_on_only_with_a_longer_patience(tmp_path):
+    scores = [0.1, 0.5, 0.3, 0.2, 0.4, 0.6, 0.7, 0.65, 0.6, 0.5]
+    settings = LoopSettings(epochs=10, lr=0.1, patience=2, checkpoint_dir=tmp_path, fingerprint="f")
+    first = fit(ScriptedTask(scores), settings, torch.device("cpu"))
+    assert first.stopped_early and len(first.epochs) == 4 and first.best_epoch == 2
+    same = fit(ScriptedTask(scores), settings, torch.device("cpu"))  # resumed, nothing left to do
+    assert same.resumed_from == 4 and len(same.epochs) == 4
+    longer = fit(ScriptedTask(scores), LoopSettings(**{**settings.__dict__, "patience": 4}), torch.device("cpu"))
+    assert longer.resumed_from == 4 and longer.best_epoch == 7 and len(longer.epochs) == 10
+
+
 def test_a_diverging_loss_stops_with_a_clear_error():
     class Diverging(ScriptedTask):
         def loss(self, batch):

@@ -1,0 +1,53 @@
+"""`recsys tracking start|stop|status`: the team setup's MLflow tracking server on a PostgreSQL cluster kept in a
+project folder (`make tracking-server`, `make tracking-stop`, `make tracking-status`).
+
+After `start`, point every clone and machine at it: `export MLFLOW_TRACKING_URI=http://127.0.0.1:5050`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from recsys_core import tracking_server as server
+from recsys_core.errors import RecsysError
+from stages.common import log, paths, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recsys tracking", description=__doc__)
+    parser.add_argument("action", choices=("start", "stop", "status"))
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="where the cluster, artifacts and credentials live (default: <repo>/.tracking)")  # fmt: skip
+    parser.add_argument("--port", type=int, default=5050, help="the MLflow server's port")
+    parser.add_argument("--pg_port", type=int, default=5433, help="PostgreSQL's port (127.0.0.1 only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="the MLflow server's address; 0.0.0.0 opens it to the network (no authentication!)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="the MLflow server's worker processes")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    folder = (args.folder or paths().root / ".tracking").resolve()
+    settings = server.ServerSettings(folder, args.port, args.pg_port, args.host, args.workers)
+    try:
+        if args.action == "start":
+            url = server.start(settings)
+            print(f"MLflow tracking server on PostgreSQL: {url} (data in {folder})")
+            print(f"use it: export MLFLOW_TRACKING_URI={url}")
+        elif args.action == "stop":
+            server.stop(settings)
+            print(f"stopped (nothing deleted: {folder})")
+        else:
+            state = server.status(settings)
+            print(f"PostgreSQL: {state['postgres']} (127.0.0.1:{state['pg_port']}, {folder / 'pg'})")
+            print(f"MLflow server: {state['mlflow_server']} ({state['url']})")
+            return 0 if state["mlflow_server"] == "running" else 3
+    except RecsysError as err:
+        log.error("recsys tracking %s failed: %s", args.action, err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
