@@ -101,6 +101,10 @@ class Decision:
     champion_value: float | None
     promoted: bool
     reason: str
+    # The runs behind the decision: which training this version is, and which one is champion now. The later DVC
+    # stages depend on this file, so a new training (or another store) reruns them even when the numbers tie.
+    run_id: str = ""
+    champion_run_id: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -190,8 +194,9 @@ def promote(name: str, version: int | None = None, metric: str = "val/ndcg_at_10
     for key, val in {"promotion.decision": "promoted" if promoted else "not promoted", "promotion.reason": reason,
                      "promotion.metric": metric, "promotion.time": stamp}.items():  # fmt: skip
         client.set_model_version_tag(name, chosen.version, key, val)
+    champion_run = chosen.run_id if promoted or current is None else current.run_id
     decision = Decision(name, int(chosen.version), metric, value, int(current.version) if current else None,
-                        current_value, promoted, reason)  # fmt: skip
+                        current_value, promoted, reason, chosen.run_id or "", champion_run or "")  # fmt: skip
     log.info("%s v%s: %s (%s)", name, chosen.version, "promoted to champion" if promoted else "not promoted", reason)
     return decision
 

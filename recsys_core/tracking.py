@@ -270,6 +270,17 @@ def process_tags() -> dict[str, str]:
             PROCESS_START_TAG: f"{psutil.Process().create_time():.3f}"}  # fmt: skip
 
 
+DVC_EXPERIMENT_TAG = "dvc.experiment"  # the `dvc exp run` (queued or not) a run belongs to: one sweep, one table
+DVC_BASELINE_TAG = "dvc.baseline_rev"
+
+
+def dvc_experiment_tags() -> dict[str, str]:
+    """The DVC experiment's name and baseline commit, which DVC puts in the environment of the stages it runs."""
+    found = {DVC_EXPERIMENT_TAG: os.environ.get("DVC_EXP_NAME", ""),
+             DVC_BASELINE_TAG: os.environ.get("DVC_EXP_BASELINE_REV", "")}  # fmt: skip
+    return {key: value for key, value in found.items() if value}
+
+
 def owner_state(tags: dict[str, str]) -> str:
     """``alive``, ``gone`` (its process ended on this host), ``elsewhere`` (another host: cannot tell) or
     ``unknown`` (no process tags: started before they were recorded, or by another tool)."""
@@ -468,7 +479,7 @@ def training_run(root: Path, experiment: str, name: str, params: dict[str, Any],
 
     configure(root)
     exp_id = experiment_id(experiment, root)
-    all_tags = {**tags, **process_tags()}
+    all_tags = {**tags, **process_tags(), **dvc_experiment_tags()}
     # `mlflow run` exports MLFLOW_RUN_ID for its project run; starting a run with it set would resume that run
     # instead of creating ours. Take it as our parent instead.
     project_run = os.environ.pop("MLFLOW_RUN_ID", None)

@@ -1,6 +1,9 @@
 """`recsys compare --dataset X`: the latest MLflow run of each data setting, stage and method, with its metrics,
 registered version and champion mark; what a user would otherwise click through the UI for.
 
+`recsys compare --sweep`: the same per DVC experiment (the runs of `dvc exp run`, queued or not, carry its name in
+the tag `dvc.experiment`), so a sweep of settings reads as one table.
+
 `recsys compare RUN_A RUN_B`: B minus A on the same users and targets, paired per user (95% bootstrap interval,
 p-value), from the per-user results every evaluation logs. A run is named by its run id, a registry version
 (`name/3`, `models:/name/3`) or an alias (`name@champion`); runs of other data, users or targets are refused."""
@@ -23,7 +26,9 @@ LIST_MRR = "mrr_at_N"
 KIND_OF = {"retrieval": "retriever", "rerank": "reranker", "pipeline": "two-stage"}
 
 
-def rows_for(dataset: str) -> list[dict]:
+def rows_for(dataset: str, sweep: bool = False) -> list[dict]:
+    """The latest finished run per data setting, stage and method; with ``sweep``, per DVC experiment too (runs
+    without one left out): a `dvc exp run --queue` grid as one table."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -32,26 +37,37 @@ def rows_for(dataset: str) -> list[dict]:
         raise MissingArtifactError(f"MLflow has no experiment {dataset!r} at {mlflow.get_tracking_uri()}; train first")
     runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1000)  # fmt: skip
-    latest: dict[tuple[str, str, str, str], object] = {}
+    latest: dict[tuple[str, str, str, str, str], object] = {}
     for run in runs:
-        stage = run.data.tags.get("stage", "")
-        if stage not in KIND_OF:
+        stage, experiment = run.data.tags.get("stage", ""), run.data.tags.get(tracking.DVC_EXPERIMENT_TAG, "")
+        if stage not in KIND_OF or (sweep and not experiment):
             continue
-        key = (run.data.tags.get(lineage.PREPARED_TAG, ""), stage, run.data.tags.get("method", ""),
-               run.data.tags.get("rerank_mode", ""))  # fmt: skip
+        key = (experiment if sweep else "", run.data.tags.get(lineage.PREPARED_TAG, ""), stage,
+               run.data.tags.get("method", ""), run.data.tags.get("rerank_mode", ""))  # fmt: skip
         latest.setdefault(key, run)
     rows = []
-    for (prepared, stage, method, mode), run in sorted(latest.items()):
+    for (experiment, prepared, stage, method, mode), run in sorted(latest.items()):
         versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
         version = int(versions[0].version) if versions else None
         name = versions[0].name if versions else None
         rows.append({
-            "data": prepared or "-", "stage": stage + (f" ({mode})" if mode else ""), "method": method,
+            "experiment": experiment, "data": prepared or "-", "stage": stage + (f" ({mode})" if mode else ""), "method": method,
             "run": run.info.run_id[:8], "version": f"v{version}" if version else "-",
             "champion": "yes" if version is not None and version == champion_version(client, name) else "",
             **{c: run.data.metrics.get(f"test/{c}") for c in COLUMNS}, LIST_MRR: list_mrr(run.data.metrics),
+            "delta": delta_text(run.data.metrics),
         })  # fmt: skip
     return rows
+
+
+def delta_text(metrics: dict[str, float]) -> str:
+    """A pipeline run's two-stage minus retrieval-alone test NDCG@10 on the same users, with its 95% interval."""
+    names = [f"test_delta{part}/ndcg_at_10" for part in ("", "_low", "_high")]
+    if not all(name in metrics for name in names):
+        return "-"
+    mean, low, high = (metrics[name] for name in names)
+    verdict = "gain" if low > 0 else "loss" if high < 0 else "none"
+    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] {verdict}"
 
 
 def list_mrr(metrics: dict[str, float]) -> tuple[int, float] | None:
@@ -70,12 +86,12 @@ def champion_version(client, name: str) -> int | None:
         return None
 
 
-def format_rows(rows: list[dict]) -> str:
-    head = ["data", "stage", "method", "run", "version", "champion", *(f"test/{c}" for c in COLUMNS),
-            f"test/{LIST_MRR}"]  # fmt: skip
-    table = [head] + [[str(r[k]) for k in ("data", "stage", "method", "run", "version", "champion")]
+def format_rows(rows: list[dict], sweep: bool = False) -> str:
+    labels = ["experiment"] * sweep + ["data", "stage", "method", "run", "version", "champion"]
+    head = [*labels, *(f"test/{c}" for c in COLUMNS), f"test/{LIST_MRR}", "two-stage - retrieval NDCG@10 [95% CI]"]
+    table = [head] + [[str(r[k]) for k in labels]
                       + [f"{r[c]:.4f}" if r[c] is not None else "-" for c in COLUMNS]
-                      + [f"{r[LIST_MRR][1]:.4f} (N={r[LIST_MRR][0]})" if r.get(LIST_MRR) else "-"]
+                      + [f"{r[LIST_MRR][1]:.4f} (N={r[LIST_MRR][0]})" if r.get(LIST_MRR) else "-", r["delta"]]
                       for r in rows]  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table)
@@ -155,15 +171,18 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         print(paired(*args.runs, args.split))
         return
     dataset = args.dataset or cfg.data.dataset_code
-    rows = rows_for(dataset)
-    print(f"Latest finished run per stage and method in experiment {dataset!r} (test metrics, all users):")
-    print(format_rows(rows) if rows else "(no runs yet)")
+    rows = rows_for(dataset, args.sweep)
+    per = "DVC experiment, stage and method" if args.sweep else "stage and method"
+    print(f"Latest finished run per {per} in experiment {dataset!r} (test metrics, all users):")
+    print(format_rows(rows, args.sweep) if rows else "(no runs yet)")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="*", metavar="RUN", help="two runs to pair: run id, name/3 or name@alias")
     parser.add_argument("--split", default="test", help="per-user results to pair (default test)")
     parser.add_argument("--dataset", default=None, help="dataset code (default: data.dataset_code)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="one row per DVC experiment (`dvc exp run --queue` sweeps): runs tagged dvc.experiment")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

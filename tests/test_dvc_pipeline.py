@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -36,23 +37,25 @@ OUTPUTS = ["interactions.parquet", "items.parquet", "users.parquet", "dataset_si
 TRAINED = ["model.safetensors", "config.json", "retrieved.csv", "retrieved_metrics.json", "history.tsv"]
 
 
-def sh(cwd, *cmd, stdout_only=False):
+def sh(cwd, *cmd, stdout_only=False, tracking_uri=None):
     """Run a command; its stdout and stderr (stdout alone with ``stdout_only``: warnings go to stderr)."""
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the project's embedded store: <project>/mlflow.db
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's embedded store: <project>/mlflow.db, unless one is given
     env.pop("MLFLOW_REGISTRY_URI", None)
     env.pop("RECSYS_PROJECT_ROOT", None)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout if stdout_only else done.stdout + done.stderr
 
 
-def dvc(cwd, *args):
-    return sh(cwd, sys.executable, "-m", "dvc", *args)
+def dvc(cwd, *args, tracking_uri=None):
+    return sh(cwd, sys.executable, "-m", "dvc", *args, tracking_uri=tracking_uri)
 
 
-def recsys(cwd, *args):
-    return sh(cwd, sys.executable, "-m", "stages.cli", *args)
+def recsys(cwd, *args, tracking_uri=None):
+    return sh(cwd, sys.executable, "-m", "stages.cli", *args, tracking_uri=tracking_uri)
 
 
 def commit(project, message):
@@ -341,3 +344,35 @@ def test_push_then_a_second_clone_pulls_everything_and_has_nothing_to_do(project
         assert (clone / name).read_bytes() == (project / name).read_bytes(), name
     assert pipeline_registered(clone) == pipeline_registered(project)
     assert served(project) == "5 5 ['pipeline', 'rerank', 'retrieval'] [1, 1, 1]"
+
+
+def test_a_queued_sweep_runs_in_parallel_workers_against_the_tracking_server(project, tracking_server):
+    """`dvc exp run --queue -S ...` twice, `dvc queue start -j 2`: both experiments run at once in DVC's workers,
+    every MLflow run they make carries its DVC experiment's name, and `recsys compare --sweep` shows them as one
+    table."""
+    import mlflow
+
+    url, _ = tracking_server
+    for epochs in (2, 4):
+        dvc(project, "exp", "run", "--queue", "-n", f"epochs-{epochs}", "-S", f"retrieval.retrieval_epochs={epochs}",
+            tracking_uri=url)  # fmt: skip
+    try:
+        dvc(project, "queue", "start", "-j", "2", tracking_uri=url)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = dvc(project, "queue", "status")
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(3)
+    finally:
+        dvc(project, "queue", "stop", "--kill")
+    assert status.count("Success") == 2, status
+    client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
+    runs = client.search_runs([client.get_experiment_by_name("custom").experiment_id])
+    stages: dict[str, set] = {}
+    for run in runs:
+        stages.setdefault(run.data.tags.get("dvc.experiment"), set()).add(run.data.tags["stage"])
+    assert stages == {f"epochs-{n}": {"retrieval", "rerank", "pipeline"} for n in (2, 4)}, stages
+    assert all(run.data.tags.get("dvc.baseline_rev") for run in runs)
+    table = recsys(project, "compare", "--sweep", tracking_uri=url)
+    assert "epochs-2" in table and "epochs-4" in table and "two-stage - retrieval NDCG@10" in table, table

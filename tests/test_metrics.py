@@ -117,8 +117,20 @@ def test_list_mrr_is_named_apart_from_the_full_ranking_mrr():
     assert "MRR " in table and "MRR@3" in table
     row = {"data": "d", "stage": "rerank", "method": "m", "run": "r", "version": "v1", "champion": "",
            **dict.fromkeys(("ndcg_at_10", "recall_at_10", "hit_at_10", "ndcg_at_20", "mrr")),
-           LIST_MRR: list_mrr({"test/mrr_at_3": 0.25, "val/mrr_at_3": 0.5})}  # fmt: skip
+           LIST_MRR: list_mrr({"test/mrr_at_3": 0.25, "val/mrr_at_3": 0.5}), "delta": "-"}  # fmt: skip
     assert row[LIST_MRR] == (3, 0.25) and "0.2500 (N=3)" in format_rows([row])
+
+
+def test_compare_calls_a_delta_a_gain_only_when_its_interval_excludes_zero():
+    from stages.compare import delta_text
+
+    def metrics(mean, low, high):
+        return {"test_delta/ndcg_at_10": mean, "test_delta_low/ndcg_at_10": low, "test_delta_high/ndcg_at_10": high}
+
+    assert delta_text(metrics(0.01, 0.002, 0.02)) == "+0.0100 [+0.0020, +0.0200] gain"
+    assert delta_text(metrics(0.01, -0.001, 0.02)).endswith("none")
+    assert delta_text(metrics(-0.01, -0.02, -0.001)).endswith("loss")
+    assert delta_text({"test/ndcg_at_10": 0.1}) == "-"
 
 
 def test_monitor_mrr_reads_the_list_mrr_when_a_reranker_validates_on_lists():
