@@ -143,6 +143,36 @@ def _stale(client, current, chosen) -> bool:
     return theirs == "retrieval" and current.tags.get("retriever.version") != str(retriever.version)
 
 
+ALIAS_RACE_TRIES = 3
+
+
+def _lost_race(err: Exception) -> bool:
+    text = str(err).lower()
+    return "unique constraint" in text or "uniqueviolation" in text or "already exists" in text
+
+
+def _decide(client, chosen, metric: str, value: float, force: bool, data_version: str | None):
+    """(current champion, its value, promoted?, why) for ``chosen`` against the champion as it is now."""
+    ours = lineage.version_data(chosen.tags)
+    current = _version_by_alias(client, chosen.name, CHAMPION)
+    current_value = None
+    if current is not None and lineage.version_data(current.tags) == ours:
+        current_value = metric_of(current, metric)
+    if current is not None and int(current.version) == int(chosen.version):
+        return current, current_value, False, f"version {chosen.version} is already the champion"
+    if current is None:
+        return current, current_value, True, "no champion yet"
+    if current_value is None:
+        if data_version is None and not force:
+            raise LineageError(
+                f"{lineage.describe(chosen)} and the champion {lineage.describe(current)} belong to different data; "
+                "promote from the data setting you work on (run `recsys promote` with its flags), or use --force"
+            )
+        return current, current_value, True, f"the champion {lineage.describe(current)} belongs to other data: replaced"
+    promoted, reason = _comparison(client, chosen, current, metric, value, current_value, force)
+    return current, current_value, promoted, reason
+
+
 def promote(name: str, version: int | None = None, metric: str = "val/ndcg_at_10", force: bool = False,
             data_version: str | None = None) -> Decision:  # fmt: skip
     """Move ``champion`` to ``version`` (default: the ``candidate``) if it beats the current champion on ``metric``
@@ -171,25 +201,19 @@ def promote(name: str, version: int | None = None, metric: str = "val/ndcg_at_10
             f"{data_version}); promote a version of this data, or retrain (`dvc repro`)"
         )
     value = metric_of(chosen, metric)
-    current = _version_by_alias(client, name, CHAMPION)
-    current_value = None
-    if current is not None and lineage.version_data(current.tags) == ours:
-        current_value = metric_of(current, metric)
-    if current is not None and int(current.version) == int(chosen.version):
-        promoted, reason = False, f"version {chosen.version} is already the champion"
-    elif current is None:
-        promoted, reason = True, "no champion yet"
-    elif current_value is None:
-        if data_version is None and not force:
-            raise LineageError(
-                f"{lineage.describe(chosen)} and the champion {lineage.describe(current)} belong to different data; "
-                "promote from the data setting you work on (run `recsys promote` with its flags), or use --force"
-            )
-        promoted, reason = True, f"the champion {lineage.describe(current)} belongs to other data: replaced"
-    else:
-        promoted, reason = _comparison(client, chosen, current, metric, value, current_value, force)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, chosen.version)
+    for attempt in range(ALIAS_RACE_TRIES):
+        current, current_value, promoted, reason = _decide(client, chosen, metric, value, force, data_version)
+        if not promoted:
+            break
+        try:
+            client.set_registered_model_alias(name, CHAMPION, chosen.version)
+            break
+        except MlflowException as err:
+            # Two promotions at once (queued sweeps): both saw no champion and both insert the alias; the database
+            # lets one in. The other decides again against the champion that won.
+            if attempt == ALIAS_RACE_TRIES - 1 or not _lost_race(err):
+                raise
+            log.info("another process set %s's champion at the same moment: deciding again", name)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     for key, val in {"promotion.decision": "promoted" if promoted else "not promoted", "promotion.reason": reason,
                      "promotion.metric": metric, "promotion.time": stamp}.items():  # fmt: skip

@@ -199,12 +199,19 @@ def server_pid(settings: ServerSettings) -> int | None:
     path = _pid_file(settings)
     if not path.exists():
         return None
+    import psutil
+
     pid = int(path.read_text().split()[0])
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return pid
+    except psutil.NoSuchProcess:
         return None
-    return pid
+    try:  # ended; reap it when it is our own child (the caller that started it), so it does not linger
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return None
 
 
 def healthy(settings: ServerSettings, timeout: float = 2.0) -> bool:

@@ -113,3 +113,28 @@ def test_the_default_filters_keep_the_short_name_and_others_carry_theirs():
     other = registry.data_prefix(DataConfig(dataset_code="ml-100k", min_rating=4))
     assert other == "ml-100k_min_rating4-min_uc5-min_sc5"
     assert registry.model_name(other, "retriever") == "ml-100k_min_rating4-min_uc5-min_sc5-retriever"
+
+
+def test_a_promotion_that_loses_the_race_for_the_alias_decides_again(client, monkeypatch):
+    """Two promotions at once on a server both see no champion; the database lets one alias in and refuses the
+    other (PostgreSQL: UniqueViolation on registered_model_alias_pk). The loser compares with the winner."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    ours = make_version(client, "d-retriever", 0.10)
+    theirs = make_version(client, "d-retriever", 0.20)
+    real = MlflowClient.set_registered_model_alias
+    calls = []
+
+    def racing(self, name, alias, version):
+        calls.append(version)
+        if len(calls) == 1:  # the other process got there first
+            real(self, name, alias, theirs)
+            raise MlflowException('(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint '
+                                  '"registered_model_alias_pk"')  # fmt: skip
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", racing)
+    decision = registry.promote("d-retriever", ours, data_version=DATA_A)
+    assert not decision.promoted and decision.champion_before == theirs and champion(client, "d-retriever") == theirs
+    assert [int(v) for v in calls] == [ours]  # decided again, and lost on the metric: no second try
