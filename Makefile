@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv stats ui serve compare clean-venv tracking-server tracking-stop tracking-status push pull remote
+.PHONY: run test lint venv stats ui serve compare report plots docs clean-venv tracking-server tracking-stop tracking-status tracking-migrate push pull remote
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, found {sys.version.split()[0]}: set PYTHON=/path/to/python3.11"'
@@ -29,6 +29,7 @@ stats: $(STAMP)
 # The MLflow UI on the embedded store, bound to 127.0.0.1 only.
 UI_PORT ?= 5000
 ui: $(STAMP)
+	@echo "MLflow UI: open http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning (the runs, not the GenAI overview)"
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(UI_PORT)
 
 # The promoted two-stage model as a REST service on 127.0.0.1 (POST /invocations, see README): MLflow's scoring
@@ -58,6 +59,10 @@ tracking-stop: $(STAMP)
 tracking-status: $(STAMP)
 	$(BIN)/python -m stages.cli tracking status $(TRACKING_FLAGS)
 
+# copy the embedded store (mlflow.db + mlartifacts/) into the server: runs, logged models, versions, aliases
+tracking-migrate: $(STAMP)
+	$(BIN)/python -m stages.cli tracking migrate $(TRACKING_FLAGS)
+
 # The DVC remote: data, embeddings, candidates and models (default: a folder beside the repository, see .dvc/config).
 # `make remote URL=s3://bucket/path` makes any DVC remote URL the default; commit .dvc/config to share it.
 push: $(STAMP)
@@ -72,6 +77,20 @@ remote: $(STAMP)
 
 compare: $(STAMP)
 	$(BIN)/python -m stages.cli compare --dataset $(DATASET)
+
+# The offline HTML report of the last two-stage evaluation (the DVC stage `report`; `make run` makes it too).
+report: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro report
+	@ls reports/*/seed*/report.html
+
+# DVC's plots (validation curves of the retriever and reranker, the loss) as a page that renders offline.
+plots: $(STAMP)
+	$(BIN)/python -m stages.cli plots
+
+# The documentation site (docs/*.md, Sphinx with MyST): warnings are errors, as in the tests.
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs/_build/html/index.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

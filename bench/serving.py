@@ -34,6 +34,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from recsys_core.net import free_port, wait_until_answers  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 FRESH_SHELL = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
 
@@ -85,29 +87,17 @@ def save(retriever: Path, reranker: Path, items: Path, settings: Path, out: Path
 
 
 # ---- servers and their memory -----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     def __init__(self, name: str, command: str, port: int):
         self.name, self.port = name, port
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(["bash", "-c", command], cwd=REPO, env=FRESH_SHELL, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        start, deadline = time.time(), time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                if self.process.poll() is not None or time.time() > deadline:
-                    self.log.seek(0)
-                    self.stop()
-                    raise SystemExit(f"{name} did not start:\n{self.log.read().decode()[-3000:]}") from None
-                time.sleep(0.5)
+        start = time.time()
+        if not wait_until_answers(f"http://127.0.0.1:{port}/ping", self.process, 300):
+            self.log.seek(0)
+            self.stop()
+            raise SystemExit(f"{name} did not start:\n{self.log.read().decode()[-3000:]}")
         self.start_seconds = time.time() - start
         self.loaded_mb = self.rss_mb()
 

@@ -21,6 +21,16 @@ from recsys_core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DATASETS = ("ml-100k", "ml-1m", "ml-latest-small", "beauty", "games", "custom")
+# `custom-NAME`: a dataset of one's own kept under its own name (data/raw/custom-NAME/, experiment `custom-NAME`,
+# registered models `custom-NAME-retriever`, ...), so several live side by side; `custom` is the unnamed one.
+CUSTOM_NAMED = re.compile(r"custom-[a-z0-9][a-z0-9_]{0,39}")
+
+
+def is_custom(code: str) -> bool:
+    """Whether a dataset code is a dataset of one's own (``custom`` or ``custom-NAME``)."""
+    return code == "custom" or CUSTOM_NAMED.fullmatch(code) is not None
+
+
 RETRIEVAL_METHODS = ("lrurec", "mmgcn", "vbpr", "bm3")
 RERANK_METHODS = ("qwen", "qwen3vl", "vip5", "bert4rec", "ltr")
 QWEN_MODES = ("text_only", "raw_image", "caption", "semantic_summary", "semantic_summary_small")
@@ -36,7 +46,9 @@ class Section(BaseModel):
 class DataConfig(Section):
     """Which dataset, which filters. Defaults follow LlamaRec / LRURec (min_rating 0, 5-core)."""
 
-    dataset_code: Literal["ml-100k", "ml-1m", "ml-latest-small", "beauty", "games", "custom"] = "ml-100k"
+    dataset_code: str = Field(
+        "ml-100k", description=f"one of {', '.join(DATASETS)}, or custom-NAME for a named dataset of one's own"
+    )
     min_rating: int | float = Field(0, ge=0, description="keep interactions with rating >= min_rating")
     min_uc: int = Field(5, ge=3, description="k-core: users keep >= min_uc interactions (>= 3 for train/val/test)")
     min_sc: int = Field(5, ge=1, description="k-core: items keep >= min_sc interactions")
@@ -50,6 +62,19 @@ class DataConfig(Section):
     tie_order: Literal["file", "item_id", "shuffle"] = Field(
         "file", description="order of one user's interactions with equal timestamps: file order, item id, or seeded"
     )
+
+    @field_validator("dataset_code")
+    @classmethod
+    def _known_dataset(cls, code: str) -> str:
+        if code in DATASETS or is_custom(code):
+            return code
+        close = difflib.get_close_matches(code, DATASETS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown dataset_code {code!r}{hint}: use one of {', '.join(map(repr, DATASETS))}, or custom-NAME "
+            "(lower-case letters, digits and _, up to 40) to keep a dataset of one's own under its own name, e.g. "
+            "custom-shoes"
+        )
 
 
 class CandidatesConfig(Section):
@@ -274,6 +299,14 @@ class ServingConfig(Section):
     )
 
 
+METHOD_SECTION = {"qwen": "llm", "qwen3vl": "llm"}  # the methods whose settings live under another name
+
+
+def method_section(method: str) -> str:
+    """The params.yaml section that holds a method's own settings."""
+    return METHOD_SECTION.get(method, method)
+
+
 class Config(BaseModel):
     """The whole params.yaml."""
 
@@ -317,9 +350,9 @@ class Config(BaseModel):
                 f"rerank.rerank_top_k ({self.rerank.rerank_top_k}) must be <= retrieval.retrieval_top_k "
                 f"({self.retrieval.retrieval_top_k}): the reranker can only reorder what was retrieved"
             )
-        if self.data.dataset_code == "custom" and not self.data.custom_interactions:
+        if is_custom(self.data.dataset_code) and not self.data.custom_interactions:
             raise ValueError(
-                "data.dataset_code is 'custom' but data.custom_interactions is empty: "
+                f"data.dataset_code is {self.data.dataset_code!r} but data.custom_interactions is empty: "
                 "give the interactions file with --custom_interactions PATH"
             )
         return self

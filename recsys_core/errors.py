@@ -39,3 +39,10 @@ class MissingArtifactError(RecsysError):
 class LineageError(RecsysError):
     """Models, lists or metrics of different prepared data (or evaluation protocols) would be combined or compared;
     the message names both sides and how to bring them together."""
+
+
+def lost_insert_race(err: Exception) -> bool:
+    """Whether a store error is a unique key that another process inserted first (SQLite or PostgreSQL): two
+    stages started at once (queued sweeps) both insert the same row and the database lets one in."""
+    text = str(err).lower()
+    return "unique constraint" in text or "uniqueviolation" in text or "already exists" in text

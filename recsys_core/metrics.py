@@ -111,17 +111,26 @@ def prefixed(metrics: dict[str, float], split: str) -> dict[str, float]:
     return {f"{split}/{name}": value for name, value in metrics.items()}
 
 
-def format_table(rows: dict[str, dict[str, float]], ks: Iterable[int] = DEFAULT_KS) -> str:
-    """Readable table: one block per row label, metrics as lines, K as columns."""
+def format_table(
+    rows: dict[str, dict[str, float]], ks: Iterable[int] = DEFAULT_KS, list_length: int | None = None
+) -> str:
+    """Readable table: one block per row label, metrics as lines, K as columns. With ``list_length`` (the ranked
+    lists hold that many items), a K above it shows ``n/a``: its value would only repeat the one at that length."""
     ks = tuple(ks)
     width = max([12, *(len(label) + 1 for label in rows)])
     lines = []
+
+    def cell(metrics: dict[str, float], name: str, k: int) -> str:
+        return f"{'n/a':>10}" if list_length is not None and k > list_length else f"{metrics[name]:>10.4f}"
+
     for label, metrics in rows.items():
         lines.append(f"{label:<{width}}" + "".join(f"{'@' + str(k):>10}" for k in ks))
         for m in METRICS:
-            lines.append(f"  {m.capitalize():<{width - 2}}" + "".join(f"{metrics[f'{m}_at_{k}']:>10.4f}" for k in ks))
+            lines.append(f"  {m.capitalize():<{width - 2}}" + "".join(cell(metrics, f"{m}_at_{k}", k) for k in ks))
         for name, value in metrics.items():
             if name == "mrr" or _LIST_MRR.fullmatch(name):  # full ranking: MRR; lists of N items: MRR@N
                 title = "MRR" if name == "mrr" else f"MRR@{name.rsplit('_', 1)[1]}"
                 lines.append(f"  {title:<{width - 2}}{value:>10.4f}")
+    if list_length is not None and any(k > list_length for k in ks):
+        lines.append(f"n/a: K above the {list_length} items of each ranked list.")
     return "\n".join(lines)

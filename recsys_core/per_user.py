@@ -66,6 +66,26 @@ def from_lists(result, cset, ks: Iterable[int]) -> pd.DataFrame:
     return records(cset.users, cset.targets, result.ranks, ks, f"mrr_at_{cset.candidates.shape[1]}")
 
 
+def download(run_id: str, name: str, label: str = "") -> pd.DataFrame:
+    """A run's per-user results ``per_user/{name}.csv``, from its MLflow artifacts."""
+    import tempfile
+
+    import mlflow
+
+    from recsys_core.errors import MissingArtifactError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{name}.csv",
+                                                       dst_path=tmp)  # fmt: skip
+        except Exception:  # noqa: BLE001 - MLflow raises several kinds for an absent artifact
+            raise MissingArtifactError(
+                f"{label or 'the run'} (run {run_id}) has no per-user results {name!r} at {mlflow.get_tracking_uri()}: "
+                "it was evaluated before they were logged, by another split, or with another store; evaluate it again"
+            ) from None
+        return read(Path(path))
+
+
 def read(path: Path) -> pd.DataFrame:
     return normalise(pd.read_csv(path), str(path))
 

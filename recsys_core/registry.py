@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 
 from recsys_core import lineage
 from recsys_core.config import DataConfig, prepared_dir_name
-from recsys_core.errors import LineageError, MissingArtifactError, RecsysError
+from recsys_core.errors import LineageError, MissingArtifactError, RecsysError, lost_insert_race
 
 log = logging.getLogger(__name__)
 
 KINDS = ("retriever", "reranker", "two-stage")
 CANDIDATE, CHAMPION = "candidate", "champion"
+ALIAS_RACE_TRIES = 3
 METRIC_TAG = "metric."
 
 
@@ -53,9 +54,27 @@ def register(model_uri: str, name: str, tags: dict[str, str], metrics: dict[str,
 
     all_tags = {**tags, **{METRIC_TAG + k: f"{v:.6f}" for k, v in metrics.items()}}
     version = mlflow.register_model(model_uri, name, tags=all_tags)
-    MlflowClient().set_registered_model_alias(name, CANDIDATE, version.version)
+    _point_candidate(MlflowClient(), name, int(version.version))
     log.info("registered %s version %s (alias %s)", name, version.version, CANDIDATE)
     return int(version.version)
+
+
+def _point_candidate(client, name: str, version: int) -> None:
+    """Move ``candidate`` to ``version`` unless a newer version already holds it. Two stages registering at once
+    (queued sweeps) both insert the alias and the database lets one in; the other looks again."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(ALIAS_RACE_TRIES):
+        current = _version_by_alias(client, name, CANDIDATE)
+        if current is not None and int(current.version) > version:
+            return
+        try:
+            client.set_registered_model_alias(name, CANDIDATE, str(version))
+            return
+        except MlflowException as err:
+            if attempt == ALIAS_RACE_TRIES - 1 or not lost_insert_race(err):
+                raise
+            log.info("another process set %s's %s alias at the same moment: looking again", name, CANDIDATE)
 
 
 def version_with_fingerprint(name: str, fingerprint: str):
@@ -143,14 +162,6 @@ def _stale(client, current, chosen) -> bool:
     return theirs == "retrieval" and current.tags.get("retriever.version") != str(retriever.version)
 
 
-ALIAS_RACE_TRIES = 3
-
-
-def _lost_race(err: Exception) -> bool:
-    text = str(err).lower()
-    return "unique constraint" in text or "uniqueviolation" in text or "already exists" in text
-
-
 def _decide(client, chosen, metric: str, value: float, force: bool, data_version: str | None):
     """(current champion, its value, promoted?, why) for ``chosen`` against the champion as it is now."""
     ours = lineage.version_data(chosen.tags)
@@ -211,7 +222,7 @@ def promote(name: str, version: int | None = None, metric: str = "val/ndcg_at_10
         except MlflowException as err:
             # Two promotions at once (queued sweeps): both saw no champion and both insert the alias; the database
             # lets one in. The other decides again against the champion that won.
-            if attempt == ALIAS_RACE_TRIES - 1 or not _lost_race(err):
+            if attempt == ALIAS_RACE_TRIES - 1 or not lost_insert_race(err):
                 raise
             log.info("another process set %s's champion at the same moment: deciding again", name)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")

@@ -291,22 +291,25 @@ class RetrieverModel:
 
 
 def log_pyfunc(code_file: str, artifacts: dict[str, str], signature, input_example, pip_requirements: list[str],
-               path: Path | None = None):  # fmt: skip
-    """Log a models-from-code pyfunc (``model_code/<code_file>``) with the recsys_core package as its code; with
-    ``path``, save it to that new folder instead (no tracking store: benchmarks, tests)."""
+               path: Path | None = None, name: str = "model"):  # fmt: skip
+    """Log a models-from-code pyfunc (``model_code/<code_file>``) with the recsys_core package as its code, as the
+    logged model ``name`` (the method: what the UI lists); with ``path``, save it to that new folder instead (no
+    tracking store: benchmarks, tests)."""
     import mlflow
 
     args = dict(python_model=str(MODEL_CODE / code_file), artifacts=artifacts, code_paths=[str(Path(__file__).parent)],
                 signature=signature, input_example=input_example, pip_requirements=pip_requirements)  # fmt: skip
     if path is not None:
         return mlflow.pyfunc.save_model(str(path), **args)
-    return mlflow.pyfunc.log_model(name="model", **args)
+    return mlflow.pyfunc.log_model(name=name, **args)
 
 
 def log_retriever(folder: Path, example_history: list[int], pip_requirements: list[str]):
     """Log the retriever in ``folder`` (model.safetensors + config.json) as a pyfunc of the active run."""
+    from recsys_core.model_base import method_of
+
     return log_pyfunc("retriever.py", {RETRIEVER_ARTIFACT: str(folder)}, retriever_signature(),
-                      retriever_input_example(example_history), pip_requirements)  # fmt: skip
+                      retriever_input_example(example_history), pip_requirements, name=method_of(folder))  # fmt: skip
 
 
 # --- stage 2 -------------------------------------------------------------------------------------------------------
@@ -363,7 +366,10 @@ class RerankerModel:
 def log_reranker(folder: Path, example_history: list[int], example_candidates: list[int], reqs: list[str]):
     example = pd.DataFrame({"history": [list(map(int, example_history))],
                             "candidates": [list(map(int, example_candidates))]})  # fmt: skip
-    return log_pyfunc("reranker.py", {RERANKER_ARTIFACT: str(folder)}, reranker_signature(), example, reqs)
+    from recsys_core.model_base import method_of
+
+    return log_pyfunc("reranker.py", {RERANKER_ARTIFACT: str(folder)}, reranker_signature(), example, reqs,
+                      name=method_of(folder))  # fmt: skip
 
 
 # --- the two-stage model -------------------------------------------------------------------------------------------
@@ -439,4 +445,7 @@ def log_two_stage(retriever_dir: Path, reranker_dir: Path, items_file: Path, set
         artifacts = {RETRIEVER_ARTIFACT: str(retriever_dir), RERANKER_ARTIFACT: str(reranker_dir),
                      ITEMS_ARTIFACT: str(items_file), SETTINGS_ARTIFACT: str(stored)}  # fmt: skip
         example = retriever_input_example(example_history)
-        return log_pyfunc("two_stage.py", artifacts, two_stage_signature(), example, reqs, path)
+        from recsys_core.model_base import method_of
+
+        name = f"{method_of(retriever_dir)}+{method_of(reranker_dir)}"
+        return log_pyfunc("two_stage.py", artifacts, two_stage_signature(), example, reqs, path, name=name)

@@ -18,6 +18,15 @@ SEED = 0
 _CHUNK = 500  # resamples drawn at once: n_users x 500 indices (ML-1M: 3 M) stay small
 
 
+def verdict(low: float, high: float) -> str:
+    """'gain' or 'loss' only when the interval [low, high] excludes zero; otherwise 'no significant difference'."""
+    if low > 0:
+        return "gain"
+    if high < 0:
+        return "loss"
+    return "no significant difference"
+
+
 @dataclass(frozen=True)
 class PairedDelta:
     """B minus A over the same users: the mean, its interval, the p-value, and how many users."""
@@ -39,11 +48,7 @@ class PairedDelta:
     @property
     def verdict(self) -> str:
         """'gain' or 'loss' only when the interval excludes zero; otherwise 'no significant difference'."""
-        if self.low > 0:
-            return "gain"
-        if self.high < 0:
-            return "loss"
-        return "no significant difference"
+        return verdict(self.low, self.high)
 
     def describe(self) -> str:
         rel = f" ({self.relative:+.1%})" if self.mean_a else ""

@@ -19,13 +19,14 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recsys_core.errors import RecsysError
+from recsys_core.errors import RecsysError, lost_insert_race
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,18 @@ def prepare_store(uri: str) -> None:
     _ready_stores.add(uri)
 
 
+# The MLflow UI opens a "custom model development" experiment on its training runs (not on the GenAI overview)
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+DESCRIPTION_TAG = "mlflow.note.content"  # the description the UI shows (markdown)
+
+
+def experiment_description(dataset: str) -> str:
+    return (f"seqrerank runs on the `{dataset}` data: stage 1 retrievers (`stage` = retrieval), stage 2 rerankers "
+            "(rerank) and two-stage evaluations (pipeline), each pipeline a parent run with its stages as children. "
+            "Registered models: `<data>-retriever`, `<data>-reranker`, `<data>-two-stage`; the `champion` alias is "
+            "what pipelines and `make serve` use.")  # fmt: skip
+
+
 def experiment_id(name: str, root: Path) -> str:
     """One experiment per dataset, created on first use (with artifacts in the repo for the embedded store)."""
     import mlflow
@@ -210,10 +223,13 @@ def experiment_id(name: str, root: Path) -> str:
 
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before the tag: open it on the runs as well
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return found.experiment_id
     base = artifact_root(root)
+    tags = {EXPERIMENT_KIND_TAG: MODEL_TRAINING, DESCRIPTION_TAG: experiment_description(name)}
     try:
-        return mlflow.create_experiment(name, artifact_location=f"{base}/{name}" if base else None)
+        return mlflow.create_experiment(name, artifact_location=f"{base}/{name}" if base else None, tags=tags)
     except MlflowException as err:  # a stage started at the same moment created it first
         found = mlflow.get_experiment_by_name(name)
         if err.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
@@ -221,8 +237,19 @@ def experiment_id(name: str, root: Path) -> str:
         return found.experiment_id
 
 
+RUN_KEY_TAG = "run.key"  # the run name without its start time: what reruns of the same work share
+
+
 def run_name(method: str, dataset: str, seed: int) -> str:
+    """What the run is (``lrurec-ml-100k-seed42``); :func:`training_run` adds its start time to make it unique."""
     return f"{method}-{dataset}-seed{seed}"
+
+
+def unique_name(key: str) -> str:
+    """``lrurec-ml-100k-seed42-1130-140205``: two runs of the same method, data and seed get different legends (in a
+    DVC experiment, its name comes before the time: parallel sweep workers start the same stage at once)."""
+    sweep = os.environ.get("DVC_EXP_NAME")
+    return f"{key}-{f'{sweep}-' if sweep else ''}{time.strftime('%m%d-%H%M%S')}"
 
 
 def git_commit(root: Path) -> str:
@@ -259,6 +286,11 @@ def flatten_params(cfg_dump: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
+
+
+def config_params(cfg_dump: dict[str, Any], sections: Iterable[str]) -> dict[str, Any]:
+    """The flattened params of the named top-level sections (``seed`` is a plain key)."""
+    return flatten_params({name: cfg_dump[name] for name in sections})
 
 
 def process_tags() -> dict[str, str]:
@@ -381,7 +413,8 @@ def _same_training(tags: dict[str, str], name: str, other: Any) -> bool:
     theirs = other.data.tags
     if tags.get(FINGERPRINT_TAG):
         return theirs.get(FINGERPRINT_TAG) == tags[FINGERPRINT_TAG]
-    return other.info.run_name == name and theirs.get("stage") == tags.get("stage")
+    key = theirs.get(RUN_KEY_TAG, other.info.run_name)  # runs made before unique names: the name was the key
+    return key == name and theirs.get("stage") == tags.get("stage")
 
 
 def close_orphans_of(client: Any, exp_id: str, name: str, tags: dict[str, str], run_id: str) -> list[str]:
@@ -467,10 +500,43 @@ def _end_active_run(run: Any, err: BaseException) -> None:
         log.warning("MLflow run %s ended as %s: %s", run.info.run_id, status, reason)
 
 
+DATASET_RACE_TRIES = 4
+
+
+def log_prepared_data(prepared: Path, tags: dict[str, str]) -> None:
+    """The prepared data as the active run's dataset input (the UI's Dataset column): named after its folder, with
+    the lineage's data version as its digest, so runs on the same data show the same dataset."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.exceptions import MlflowException
+
+    from recsys_core.lineage import DATA_VERSION_TAG
+
+    source = resolve_dataset_source(Path(prepared).resolve().as_uri())
+    dataset = MetaDataset(source, name=Path(prepared).name, digest=tags.get(DATA_VERSION_TAG) or None)
+    context = "evaluation" if tags.get("stage") == "pipeline" else "training"
+    for attempt in range(DATASET_RACE_TRIES):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as err:
+            # The store inserts the dataset on its first use in the experiment; two stages doing that at the same
+            # moment (queued sweeps) race on its unique key. The loser links the row the winner made.
+            if attempt == DATASET_RACE_TRIES - 1 or not lost_insert_race(err):
+                raise
+            log.info("the dataset %s was being recorded by another run at the same moment: linking it again",
+                     dataset.name)  # fmt: skip
+            time.sleep(0.2 * (attempt + 1))
+
+
 @contextmanager
 def training_run(root: Path, experiment: str, name: str, params: dict[str, Any], tags: dict[str, str],
-                 parent_run_id: str | None = None) -> Iterator[Any]:  # fmt: skip
-    """An MLflow run with params, tags and system metrics; nested under ``parent_run_id`` when given.
+                 parent_run_id: str | None = None, prepared: Path | None = None,
+                 config: dict[str, Any] | None = None) -> Iterator[Any]:  # fmt: skip
+    """An MLflow run named ``name`` plus its start time, with params, tags and system metrics; nested under
+    ``parent_run_id`` when given; with ``prepared``, that prepared data is the run's dataset input; with ``config``
+    (the resolved params.yaml), that config as the artifact ``config.yaml``.
 
     It ends FINISHED, FAILED (an error, recorded in ``end_reason``) or KILLED (SIGTERM/SIGINT), never left RUNNING
     by a stage that could clean up; on start it closes the runs of the same training whose process is gone.
@@ -479,7 +545,7 @@ def training_run(root: Path, experiment: str, name: str, params: dict[str, Any],
 
     configure(root)
     exp_id = experiment_id(experiment, root)
-    all_tags = {**tags, **process_tags(), **dvc_experiment_tags()}
+    all_tags = {**tags, **process_tags(), **dvc_experiment_tags(), RUN_KEY_TAG: name}
     # `mlflow run` exports MLFLOW_RUN_ID for its project run; starting a run with it set would resume that run
     # instead of creating ours. Take it as our parent instead.
     project_run = os.environ.pop("MLFLOW_RUN_ID", None)
@@ -489,7 +555,8 @@ def training_run(root: Path, experiment: str, name: str, params: dict[str, Any],
     with stop_signals_raise():
         run = None
         try:
-            run = mlflow.start_run(experiment_id=exp_id, run_name=name, tags=all_tags, log_system_metrics=True)
+            run = mlflow.start_run(experiment_id=exp_id, run_name=unique_name(name), tags=all_tags,
+                                   log_system_metrics=True)  # fmt: skip
             items = list(params.items())
             for start in range(0, len(items), 100):
                 mlflow.log_params({k: "" if v is None else v for k, v in items[start : start + 100]})
@@ -502,6 +569,10 @@ def training_run(root: Path, experiment: str, name: str, params: dict[str, Any],
                 closed = []
             if closed:
                 mlflow.set_tag(CLOSED_ORPHANS_TAG, ",".join(closed))
+            if prepared is not None:
+                log_prepared_data(prepared, all_tags)
+            if config is not None:
+                mlflow.log_dict(config, "config.yaml")
             yield run
         except BaseException as err:
             run = run or mlflow.active_run()  # a signal inside start_run: the run may exist already

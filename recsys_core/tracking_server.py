@@ -25,11 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from recsys_core.errors import RecsysError
+from recsys_core.net import answers, wait_until_answers
+from recsys_core.system_packages import SystemPackageError, apt_install, runs_as_root
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,13 @@ class ServerSettings:
     workers: int = 2
 
     @property
+    def client_host(self) -> str:
+        """The address clients on this machine use (a wildcard bind is reached on loopback)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
+    @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
-
-
-def _runs_as_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
+        return f"http://{self.client_host}:{self.port}"
 
 
 def pg_bin(tool: str) -> str:
@@ -78,15 +79,12 @@ def ensure_postgres_installed() -> None:
             pg_bin(tool)
         return
     except TrackingServerError:
-        if not (_runs_as_root() and shutil.which("apt-get")):
+        if not (runs_as_root() and shutil.which("apt-get")):
             raise
-    log.info("PostgreSQL is missing: installing Debian's postgresql package")
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "postgresql"]):
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        )
-        if done.returncode:
-            raise TrackingServerError(f"`{' '.join(cmd)}` failed:\n{done.stderr[-2000:]}\n{INSTALL_HINT}")
+    try:
+        apt_install("postgresql", INSTALL_HINT)
+    except SystemPackageError as err:
+        raise TrackingServerError(str(err)) from None
     for tool in PG_TOOLS:
         pg_bin(tool)
 
@@ -98,11 +96,11 @@ class Postgres:
         self.settings = settings
         self.home = settings.folder / "pg"
         self.data = self.home / "data"
-        self.owner = "postgres" if _runs_as_root() else getpass.getuser()
+        self.owner = "postgres" if runs_as_root() else getpass.getuser()
 
     def _run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         full = [pg_bin(cmd[0]), *cmd[1:]]
-        if _runs_as_root():
+        if runs_as_root():
             full = ["runuser", "-u", self.owner, "--", *full]
         done = subprocess.run(full, capture_output=True, text=True, cwd="/")
         if check and done.returncode:
@@ -112,7 +110,7 @@ class Postgres:
 
     def _give_to_owner(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        if _runs_as_root():
+        if runs_as_root():
             shutil.chown(self.home, self.owner)
             self.home.chmod(0o700)
             probe = subprocess.run(["runuser", "-u", self.owner, "--", "test", "-w", str(self.home)])
@@ -214,12 +212,10 @@ def server_pid(settings: ServerSettings) -> int | None:
     return None
 
 
-def healthy(settings: ServerSettings, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{settings.url}/health", timeout=timeout) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
+def healthy(server: ServerSettings | str, timeout: float = 2.0) -> bool:
+    """Whether the MLflow server (its settings or its URL) answers /health."""
+    url = server if isinstance(server, str) else server.url
+    return answers(f"{url.rstrip('/')}/health", timeout)
 
 
 def start(settings: ServerSettings, wait_s: float = 120.0) -> str:
@@ -234,7 +230,7 @@ def start(settings: ServerSettings, wait_s: float = 120.0) -> str:
     pg.ensure_database(credentials(settings.folder)["password"])
     if server_pid(settings) and healthy(settings):
         return settings.url
-    if _port_taken(settings.url.split("//")[1].split(":")[0], settings.port):
+    if _port_taken(settings.client_host, settings.port):
         raise TrackingServerError(f"port {settings.port} is taken: choose another with --port (make tracking-server "
                                   "TRACKING_PORT=...)")  # fmt: skip
     artifacts = settings.folder / "artifacts"
@@ -242,6 +238,9 @@ def start(settings: ServerSettings, wait_s: float = 120.0) -> str:
     logfile = settings.folder / "mlflow-server.log"
     # the password travels in the environment, not on the command line that `ps` shows
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend_uri(settings)}
+    # MLflow's job runner (huey consumers for GenAI judges and trace roll-ups, nothing this platform uses) starts
+    # extra processes with the server; off unless asked for
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--artifacts-destination", str(artifacts),
            "--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers)]  # fmt: skip
@@ -249,13 +248,10 @@ def start(settings: ServerSettings, wait_s: float = 120.0) -> str:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    cwd=settings.folder)  # fmt: skip
     _pid_file(settings).write_text(f"{process.pid}\n")
-    deadline = time.monotonic() + wait_s
-    while not healthy(settings):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_server(settings)
-            tail = logfile.read_text(errors="replace")[-3000:]
-            raise TrackingServerError(f"the MLflow server did not come up at {settings.url} (log {logfile}):\n{tail}")
-        time.sleep(0.5)
+    if not wait_until_answers(f"{settings.url}/health", process, wait_s):
+        stop_server(settings)
+        tail = logfile.read_text(errors="replace")[-3000:]
+        raise TrackingServerError(f"the MLflow server did not come up at {settings.url} (log {logfile}):\n{tail}")
     return settings.url
 
 

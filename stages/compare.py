@@ -1,8 +1,10 @@
-"""`recsys compare --dataset X`: the latest MLflow run of each data setting, stage and method, with its metrics,
-registered version and champion mark; what a user would otherwise click through the UI for.
+"""`recsys compare --dataset X`: for each data setting, the champions (the versions the pipeline and `make serve`
+use) and the latest finished runs of each stage and method, validation and test NDCG / Recall at every K, mean and
+standard deviation over seeds where a method has runs on several, and a two-stage run's paired difference against
+retrieval alone; `--with REF` adds chosen runs. K above the length of a ranked list is marked, not shown.
 
-`recsys compare --sweep`: the same per DVC experiment (the runs of `dvc exp run`, queued or not, carry its name in
-the tag `dvc.experiment`), so a sweep of settings reads as one table.
+`recsys compare --sweep`: the latest runs per DVC experiment (the runs of `dvc exp run`, queued or not, carry its
+name in the tag `dvc.experiment`), so a sweep of settings reads as one table.
 
 `recsys compare RUN_A RUN_B`: B minus A on the same users and targets, paired per user (95% bootstrap interval,
 p-value), from the per-user results every evaluation logs. A run is named by its run id, a registry version
@@ -11,70 +13,120 @@ p-value), from the per-user results every evaluation logs. A run is named by its
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from recsys_core import lineage, per_user, registry, tracking
 from recsys_core.config import Config
 from recsys_core.errors import ConfigError, LineageError, MissingArtifactError
+from recsys_core.leaderboard import Entry, RunRecord, format_block, latest_per_seed
 from stages.common import paths, run_stage
 
-# `mrr` is the full-ranking MRR (retrievers); runs that rank candidate lists of N items (rerankers, the two-stage
-# model) report `mrr_at_{N}` instead, shown in the last column with its N.
-COLUMNS = ("ndcg_at_10", "recall_at_10", "hit_at_10", "ndcg_at_20", "mrr")
-LIST_MRR = "mrr_at_N"
 KIND_OF = {"retrieval": "retriever", "rerank": "reranker", "pipeline": "two-stage"}
 
 
-def rows_for(dataset: str, sweep: bool = False) -> list[dict]:
-    """The latest finished run per data setting, stage and method; with ``sweep``, per DVC experiment too (runs
-    without one left out): a `dvc exp run --queue` grid as one table."""
+def record(run) -> RunRecord:
+    return RunRecord(run.info.run_id, run.data.tags.get("seed", "?"), run.data.metrics, run.info.start_time)
+
+
+def finished_runs(client, dataset: str) -> list:
     import mlflow
 
-    client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(dataset)
     if experiment is None:
         raise MissingArtifactError(f"MLflow has no experiment {dataset!r} at {mlflow.get_tracking_uri()}; train first")
-    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1000)  # fmt: skip
-    latest: dict[tuple[str, str, str, str, str], object] = {}
+    return client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=5000)  # fmt: skip
+
+
+def version_note(client, run_id: str) -> str:
+    """``v3 champion``, ``v4`` or ``-``: the version the run registered and whether it holds the alias."""
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    if not versions:
+        return "-"
+    version = versions[0]
+    champion = champion_version(client, version.name) == int(version.version)
+    return f"v{version.version}" + (" champion" if champion else "")
+
+
+def method_entries(client, runs, sweep: bool = False) -> dict[str, list[Entry]]:
+    """Per prepared data folder: one entry per (DVC experiment when ``sweep``,) stage, method and mode, holding the
+    newest run of each seed."""
+    groups: dict[tuple[str, str, str, str, str], list] = {}
     for run in runs:
-        stage, experiment = run.data.tags.get("stage", ""), run.data.tags.get(tracking.DVC_EXPERIMENT_TAG, "")
+        tags = run.data.tags
+        stage, experiment = tags.get("stage", ""), tags.get(tracking.DVC_EXPERIMENT_TAG, "")
         if stage not in KIND_OF or (sweep and not experiment):
             continue
-        key = (experiment if sweep else "", run.data.tags.get(lineage.PREPARED_TAG, ""), stage,
-               run.data.tags.get("method", ""), run.data.tags.get("rerank_mode", ""))  # fmt: skip
-        latest.setdefault(key, run)
-    rows = []
-    for (experiment, prepared, stage, method, mode), run in sorted(latest.items()):
-        versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
-        version = int(versions[0].version) if versions else None
-        name = versions[0].name if versions else None
-        rows.append({
-            "experiment": experiment, "data": prepared or "-", "stage": stage + (f" ({mode})" if mode else ""), "method": method,
-            "run": run.info.run_id[:8], "version": f"v{version}" if version else "-",
-            "champion": "yes" if version is not None and version == champion_version(client, name) else "",
-            **{c: run.data.metrics.get(f"test/{c}") for c in COLUMNS}, LIST_MRR: list_mrr(run.data.metrics),
-            "delta": delta_text(run.data.metrics),
-        })  # fmt: skip
-    return rows
+        key = (tags.get(lineage.PREPARED_TAG, "-"), experiment if sweep else "", stage, tags.get("method", ""),
+               tags.get("rerank_mode", ""))  # fmt: skip
+        groups.setdefault(key, []).append(record(run))
+    out: dict[str, list[Entry]] = {}
+    for (prepared, experiment, stage, method, mode), records in sorted(groups.items()):
+        newest = latest_per_seed(records)
+        label = f"{experiment + ': ' if experiment else ''}{stage}{f' ({mode})' if mode else ''} {method}"
+        out.setdefault(prepared, []).append(Entry(label, newest, version_note(client, newest[0].run_id)))
+    return out
 
 
-def delta_text(metrics: dict[str, float]) -> str:
-    """A pipeline run's two-stage minus retrieval-alone test NDCG@10 on the same users, with its 95% interval."""
-    names = [f"test_delta{part}/ndcg_at_10" for part in ("", "_low", "_high")]
-    if not all(name in metrics for name in names):
-        return "-"
-    mean, low, high = (metrics[name] for name in names)
-    verdict = "gain" if low > 0 else "loss" if high < 0 else "none"
-    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] {verdict}"
+def champion_entries(client, dataset: str) -> dict[str, list[Entry]]:
+    """Per prepared data folder: the champion retriever, reranker and two-stage model of every data setting."""
+    from mlflow.exceptions import MlflowException
+
+    out: dict[str, list[Entry]] = {}
+    for model in client.search_registered_models(f"name LIKE '{dataset}%'"):
+        kind = next((k for k in registry.KINDS if model.name.endswith(f"-{k}")), None)
+        prefix = model.name.removesuffix(f"-{kind}") if kind else ""
+        if prefix != dataset and not prefix.startswith(f"{dataset}_min_rating"):  # `custom` is no `custom-shoes`
+            continue
+        try:
+            version = client.get_model_version_by_alias(model.name, registry.CHAMPION)
+        except MlflowException:
+            continue
+        if version is None or not version.run_id:
+            continue
+        run = client.get_run(version.run_id)
+        entry = Entry(f"champion {kind}: {version.tags.get('method', run.data.tags.get('method', '?'))}",
+                      [record(run)], f"v{version.version}")  # fmt: skip
+        out.setdefault(run.data.tags.get(lineage.PREPARED_TAG, "-"), []).append(entry)
+    order = {f"champion {k}": i for i, k in enumerate(registry.KINDS)}
+    for entries in out.values():
+        entries.sort(key=lambda e: order.get(e.label.split(":")[0], 9))
+    return out
 
 
-def list_mrr(metrics: dict[str, float]) -> tuple[int, float] | None:
-    """(N, value) of a run's `test/mrr_at_{N}` (the MRR over lists of N candidates), or None."""
-    found = [(int(name.rsplit("_", 1)[1]), value) for name, value in metrics.items()
-             if re.fullmatch(r"test/mrr_at_\d+", name)]  # fmt: skip
-    return min(found) if found else None
+def chosen_entries(client, refs: list[str]) -> list[Entry]:
+    entries = []
+    for ref in refs:
+        run_id, label = run_of(ref)
+        run = client.get_run(run_id)
+        tags = run.data.tags
+        entries.append(Entry(f"{label} ({tags.get('stage', '?')} {tags.get('method', '?')})", [record(run)],
+                             version_note(client, run_id)))  # fmt: skip
+    return entries
+
+
+def leaderboard(dataset: str, ks, sweep: bool = False, chosen: list[str] | None = None) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    runs = finished_runs(client, dataset)
+    methods = method_entries(client, runs, sweep)
+    champions = {} if sweep else champion_entries(client, dataset)
+    blocks = [f"Experiment {dataset!r} at {mlflow.get_tracking_uri()}: validation and test metrics over all users."]
+    per = "DVC experiment, stage and method" if sweep else "stage and method"
+    for prepared in sorted(set(methods) | set(champions)):
+        blocks.append(f"\nData {prepared}")
+        if not sweep:
+            blocks.append(
+                format_block("Champions (what the pipeline and `make serve` use):", champions.get(prepared, []), ks)
+            )
+        blocks.append(format_block(f"Latest finished run per {per}; mean±sd over seeds where there are several:",
+                                   methods.get(prepared, []), ks))  # fmt: skip
+    if chosen:
+        blocks.append("\n" + format_block("Chosen runs:", chosen_entries(client, chosen), ks))
+    if len(blocks) == 1:
+        blocks.append("(no finished runs yet)")
+    return "\n".join(blocks)
 
 
 def champion_version(client, name: str) -> int | None:
@@ -84,17 +136,6 @@ def champion_version(client, name: str) -> int | None:
         return int(client.get_model_version_by_alias(name, registry.CHAMPION).version)
     except MlflowException:
         return None
-
-
-def format_rows(rows: list[dict], sweep: bool = False) -> str:
-    labels = ["experiment"] * sweep + ["data", "stage", "method", "run", "version", "champion"]
-    head = [*labels, *(f"test/{c}" for c in COLUMNS), f"test/{LIST_MRR}", "two-stage - retrieval NDCG@10 [95% CI]"]
-    table = [head] + [[str(r[k]) for k in labels]
-                      + [f"{r[c]:.4f}" if r[c] is not None else "-" for c in COLUMNS]
-                      + [f"{r[LIST_MRR][1]:.4f} (N={r[LIST_MRR][0]})" if r.get(LIST_MRR) else "-", r["delta"]]
-                      for r in rows]  # fmt: skip
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table)
 
 
 def run_of(ref: str) -> tuple[str, str]:
@@ -121,30 +162,14 @@ def run_of(ref: str) -> tuple[str, str]:
     return version.run_id, f"{version.name} v{version.version}"
 
 
-def per_user_file(run_id: str, label: str, split: str):
-    """The run's per-user results of ``split`` (downloaded from its artifacts) and its tags."""
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-
-    tags = mlflow.MlflowClient().get_run(run_id).data.tags
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{per_user.ARTIFACT_DIR}/{split}.csv",
-                                                       dst_path=tmp)  # fmt: skip
-        except Exception:  # noqa: BLE001 - MLflow raises several kinds for an absent artifact
-            raise MissingArtifactError(
-                f"{label} (run {run_id}) has no per-user results for {split!r}: it was evaluated before they were "
-                "logged, or by another split; evaluate it again"
-            ) from None
-        return per_user.read(Path(path)), tags
-
-
 def paired(ref_a: str, ref_b: str, split: str) -> str:
     """The table of B minus A, paired per user, at every K of both files (NDCG and Recall)."""
+    import mlflow
+
     (run_a, label_a), (run_b, label_b) = run_of(ref_a), run_of(ref_b)
-    (a, tags_a), (b, tags_b) = per_user_file(run_a, label_a, split), per_user_file(run_b, label_b, split)
+    client = mlflow.MlflowClient()
+    a, b = per_user.download(run_a, split, label_a), per_user.download(run_b, split, label_b)
+    tags_a, tags_b = client.get_run(run_a).data.tags, client.get_run(run_b).data.tags
     data_a, data_b = lineage.version_data(tags_a), lineage.version_data(tags_b)
     if data_a != data_b:
         raise LineageError(
@@ -171,10 +196,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         print(paired(*args.runs, args.split))
         return
     dataset = args.dataset or cfg.data.dataset_code
-    rows = rows_for(dataset, args.sweep)
-    per = "DVC experiment, stage and method" if args.sweep else "stage and method"
-    print(f"Latest finished run per {per} in experiment {dataset!r} (test metrics, all users):")
-    print(format_rows(rows, args.sweep) if rows else "(no runs yet)")
+    print(leaderboard(dataset, cfg.training.metric_ks, args.sweep, args.chosen))
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -183,6 +205,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None, help="dataset code (default: data.dataset_code)")
     parser.add_argument("--sweep", action="store_true",
                         help="one row per DVC experiment (`dvc exp run --queue` sweeps): runs tagged dvc.experiment")  # fmt: skip
+    parser.add_argument("--with", dest="chosen", action="append", default=[], metavar="RUN",
+                        help="add this run to the table (run id, name/3 or name@alias); repeatable")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

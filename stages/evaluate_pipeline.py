@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from recsys_core import lineage, per_user, registry, serving, tracking
+from recsys_core import describe, lineage, per_user, registry, serving, tracking
 from recsys_core.config import Config
 from recsys_core.data.store import INTERACTIONS, ITEMS, Sequences, load_prepared
 from recsys_core.evaluation import split_inputs
@@ -31,7 +31,7 @@ log = logging.getLogger("recsys.evaluate_pipeline")
 def paired_metrics(ks) -> tuple[str, str]:
     """The differences reported with their intervals: NDCG and Recall at 10 (else the first K; every K is in the
     per-user files)."""
-    k = 10 if 10 in ks else ks[0]
+    k = describe.headline_k(ks)
     return f"ndcg_at_{k}", f"recall_at_{k}"
 
 
@@ -85,17 +85,16 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
             "seed": str(seed), "git_commit": tracking.git_commit(root), **versions, **lineage.data_tags(prepared),
             lineage.PROTOCOL_TAG: "full ranking",  # every user counts; any top-K settings compare
             **data_tags}  # fmt: skip
-    params = {
-        "retrieval_top_k": top_k,
-        "rerank_top_k": rerank_k,
-        **tracking.flatten_params(cfg.model_dump(mode="json")),
-    }
+    config = cfg.model_dump(mode="json")
+    # What this evaluation depends on; the models' own settings are on their runs, the whole config in config.yaml.
+    params = {**tracking.config_params(config, ["seed", "data", "serving"]), "retrieval.retrieval_top_k": top_k,
+              "rerank.rerank_top_k": rerank_k, "training.metric_ks": ks}  # fmt: skip
     out = paths().root / "experiments" / "pipeline" / code / f"seed{seed}"
 
     import mlflow
 
     name = f"pipeline-{code}-seed{seed}"
-    with tracking.training_run(root, code, name, params, tags, args.parent_run_id) as run:
+    with tracking.training_run(root, code, name, params, tags, args.parent_run_id, prepared, config) as run:
         mlflow.log_metrics(metrics)
         per_user.log(records)
         with tempfile.TemporaryDirectory() as tmp:
@@ -109,8 +108,22 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                                          example, pinned_requirements(SERVING_REQUIREMENTS + extra),
                                          limits=cfg.serving.model_dump())  # fmt: skip
         two_stage = registry.model_name(prefix, "two-stage")
-        version = registry.register(info.model_uri, two_stage, {**tags, "run_id": run.info.run_id}, metrics)
+        gain = f"test_delta/ndcg_at_{describe.headline_k(ks)}"  # two-stage minus retrieval (interval: description)
+        head = {**describe.headline(metrics, ks), gain: metrics[gain]}
+        version = registry.register(info.model_uri, two_stage, {**tags, "run_id": run.info.run_id}, head)
+        summary_text = describe.run_description(
+            "pipeline",
+            tags["method"],
+            code,
+            seed,
+            tags[lineage.DATA_VERSION_TAG],
+            describe.headline(metrics, ks),
+            [describe.version_link(ret_v.name, ret_v.version), describe.version_link(rr_v.name, rr_v.version)],
+            extra=gain_sentence(deltas),
+        )
+        describe.set_descriptions(two_stage, version, run, summary_text)
         decision = registry.promote(two_stage, version, "val/ndcg_at_10", data_version=tags[lineage.DATA_VERSION_TAG])
+        describe.record_promotion(two_stage, version, run.info.run_id, decision.promoted, decision.reason)
         # metrics.json (git, a DVC metric) holds what the inputs determine; registry state goes to registered.json.
         summary = {**metrics, "users": results["test"].n_users, "users_with_true_item_retrieved": results["test"].n_hit,
                    "retrieval_top_k": top_k, "rerank_top_k": rerank_k,
@@ -120,6 +133,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                       "two_stage_promoted": decision.promoted, "run_id": run.info.run_id}  # fmt: skip
         with staged_directory(out) as scratch:
             (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(scratch / describe.HEADLINE_FILE, describe.headline_file(metrics, ks))
             (scratch / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
             table = results_table(results, baselines, ks, {**summary, **registered}, deltas, reranker)
             (scratch / "results.txt").write_text(table + "\n")
@@ -127,6 +141,16 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     print(table)
     print(f"\nregistered {two_stage} version {version}: {'champion' if decision.promoted else 'not promoted'} "
           f"({decision.reason}); serve it with `make serve`")  # fmt: skip
+
+
+def gain_sentence(deltas: dict) -> str:
+    """``Two-stage - retrieval NDCG@10: +0.0061 [+0.0010, +0.0120], gain`` (or "no significant difference")."""
+    parts = []
+    for metric, d in deltas.items():
+        kind, k = metric.rsplit("_at_", 1)
+        parts.append(f"{'NDCG' if kind == 'ndcg' else kind.capitalize()}@{k} {d.delta:+.4f} "
+                     f"[{d.low:+.4f}, {d.high:+.4f}], {d.verdict}")  # fmt: skip
+    return "Two-stage minus retrieval, paired 95% interval: " + "; ".join(parts) + "."
 
 
 def delta_metrics(deltas: dict, prefix: str) -> dict[str, float]:
@@ -158,8 +182,9 @@ def results_table(results, baselines, ks, summary, deltas, reranker) -> str:
         f"{next(iter(deltas.values())).resamples:,} resamples; a gain only when the interval excludes zero):"
     )
     head += f"\nValidation {monitor}: retrieval {val_base:.4f}, two-stage {val:.4f} ({val - val_base:+.4f}){how}."
-    return (head + "\n" + format_table({"retrieval": baseline.all_users, "two-stage": result.all_users}, ks) + paired
-            + "\n" + per_user.delta_table(deltas, "retrieval", "two-stage"))  # fmt: skip
+    rows = {"retrieval": baseline.all_users, "two-stage": result.all_users}
+    table = format_table(rows, ks, summary["rerank_top_k"])  # both rank the same reranked lists
+    return f"{head}\n{table}{paired}\n{per_user.delta_table(deltas, 'retrieval', 'two-stage')}"
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from recsys_core import lineage, registry, tracking
+from recsys_core import describe, lineage, registry, tracking
 from recsys_core.config import Config
 from recsys_core.errors import LineageError
 from recsys_core.io import write_json
@@ -60,6 +60,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 f"reset?). Train again: `dvc repro --force train_{STAGE_OF[args.kind]}`."
             ) from None
         raise
+    describe.record_promotion(name, decision.version, decision.run_id, decision.promoted, decision.reason)
     verdict = "promoted to champion" if decision.promoted else "not promoted"
     print(f"{name} version {decision.version}: {verdict} ({decision.reason})")
     if record is not None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from recsys_core import tracking
-from recsys_core.config import Config
+from recsys_core.config import Config, method_section
 from recsys_core.data.store import GT_CANDIDATES
 from recsys_core.errors import RecsysError
 from stages.common import paths, run_stage
@@ -63,8 +63,14 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     tags = {"dataset": cfg.data.dataset_code, "stage": "train_pipeline", "seed": str(cfg.seed),
             "method": f"{cfg.retrieval.retrieval_method}+{cfg.rerank.rerank_method}",
             "git_commit": tracking.git_commit(root)}  # fmt: skip
-    params = tracking.flatten_params(cfg.model_dump(mode="json"))
-    with tracking.training_run(root, cfg.data.dataset_code, name, params, tags) as parent:
+    config = cfg.model_dump(mode="json")
+    methods = [method_section(cfg.retrieval.retrieval_method), method_section(cfg.rerank.rerank_method)]
+    params = tracking.config_params(config, ["seed", "data", "training", "retrieval", "rerank", *methods])
+    tags[tracking.DESCRIPTION_TAG] = (
+        f"**{tags['method']}** pipeline on `{cfg.data.dataset_code}`, seed {cfg.seed}: its stages are the child runs "
+        "(retriever, reranker, two-stage evaluation), each describing its own numbers and versions."
+    )
+    with tracking.training_run(root, cfg.data.dataset_code, name, params, tags, config=config) as parent:
         nested = [*flags, "--parent_run_id", parent.info.run_id]
         _run("stages.train_retrieval", nested)
         _run("stages.promote", ["retriever", *flags])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recsys_core import distributed, lineage, per_user, registry, serving, tracking
+from recsys_core import describe, distributed, lineage, per_user, registry, serving, tracking
 from recsys_core.candidates import load_gt_candidates, read_retrieved
 from recsys_core.config import Config
 from recsys_core.data.images import image_files
@@ -24,7 +24,7 @@ from recsys_core.data.store import GT_CANDIDATES, INTERACTIONS, ITEMS, Sequences
 from recsys_core.errors import MissingArtifactError
 from recsys_core.features.store import FeatureSet, embedding_file
 from recsys_core.features.texts import attach_generated_texts
-from recsys_core.io import staged_directory
+from recsys_core.io import staged_directory, write_json
 from recsys_core.metrics import format_table, list_mrr_name, prefixed
 from recsys_core.rerank import get_reranker_class
 from recsys_core.rerank.data import (
@@ -52,6 +52,7 @@ from stages.training_common import (
     reuse_version,
     run_params,
     run_tags,
+    summary_of,
     write_curves,
 )
 
@@ -78,6 +79,13 @@ def champion_candidates(prefix: str, prepared: Path) -> tuple[pd.DataFrame, dict
     tags = {"retriever.name": name, "retriever.version": str(version.version), "retriever.run_id": version.run_id,
             "retriever.method": version.tags.get("method", "")}  # fmt: skip
     return table, tags
+
+
+def used_versions(source_tags: dict[str, str]) -> list[str]:
+    """Links to the retriever version whose lists the reranker trained on (none for ground-truth lists)."""
+    if not source_tags.get("retriever.name"):
+        return []
+    return [describe.version_link(source_tags["retriever.name"], source_tags["retriever.version"])]
 
 
 def candidate_sets(cfg: Config, seqs: Sequences, prepared: Path,
@@ -169,7 +177,9 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     import mlflow
 
     name = tracking.run_name(method, code, seed)
-    with tracking.training_run(root, code, name, run_params(cfg, hparams), tags, args.parent_run_id) as run:
+    params = run_params(cfg, reranker.hparams, "rerank", method, uses_features=reranker.reads_item_features)
+    config = cfg.model_dump(mode="json")
+    with tracking.training_run(root, code, name, params, tags, args.parent_run_id, prepared, config) as run:
         history = reranker.fit(seqs, val_set, settings, callbacks=[tracking.epoch_logger()], ks=ks, examples=examples)
         repeated = finished_version(history, prefix, "reranker", train_id)
         batch = cfg.training.eval_batch_size
@@ -225,17 +235,19 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 info = serving.log_reranker(scratch / MODEL_DIR, test_set.histories[example][-10:].tolist(),
                                             [int(c) for c in test_set.candidates[example] if c], reqs)  # fmt: skip
             (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(scratch / describe.HEADLINE_FILE, describe.headline_file(metrics, ks))
             write_curves(history, scratch / "history.tsv")
             pd.DataFrame({"user_id": test_set.users, "target": test_set.targets, "rank": test.ranks,
                           "reranked": [" ".join(str(i) for i in row if i) for row in test.order]}).to_csv(
                 scratch / "reranked.csv", index=False)  # fmt: skip
             for artifact in ("metrics.json", "history.tsv", "reranked.csv"):
                 mlflow.log_artifact(str(scratch / artifact))
+            summary_text = summary_of(cfg, "rerank", method, tags, metrics, used_versions(source_tags))
             if repeated is None:
-                registered = register_model(scratch, info.model_uri, prefix, "reranker", tags, run.info.run_id,
-                                            metrics)  # fmt: skip
+                registered = register_model(scratch, info.model_uri, prefix, "reranker", tags, run, metrics,
+                                            summary_text, ks)  # fmt: skip
             else:
-                registered = reuse_version(scratch, repeated)
+                registered = reuse_version(scratch, repeated, run, summary_text)
 
     log.info(
         "outputs in %s; registered %s version %d (alias candidate)", out, registered["name"], registered["version"]
@@ -245,7 +257,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         where += f", fused with the retrieval score (weight {weight_label(weight)}, tuned on validation)"
     print(f"\n{method} reranking {where} on {code} (best epoch {history.best_epoch} of {len(history.epochs)}), "
           f"test, all {test.n_users} users ({test.n_hit} with the true item in the list):")  # fmt: skip
-    print(format_table(summary_rows(test, baseline, alone), ks))
+    print(format_table(summary_rows(test, baseline, alone), ks, test_set.candidates.shape[1]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,13 +9,13 @@ import json
 import logging
 import sys
 
-from recsys_core import lineage, per_user, registry, serving, tracking
+from recsys_core import describe, lineage, per_user, registry, serving, tracking
 from recsys_core.candidates import retrieved_table
 from recsys_core.config import Config
 from recsys_core.data.store import INTERACTIONS, ITEMS, Sequences, load_prepared
 from recsys_core.evaluation import evaluate_full_ranking, split_inputs
 from recsys_core.features.store import FeatureSet, embedding_file
-from recsys_core.io import staged_directory
+from recsys_core.io import staged_directory, write_json
 from recsys_core.metrics import format_table, prefixed
 from recsys_core.retrieval import get_retriever_class
 from recsys_core.retrieval.base import RetrievalData
@@ -31,6 +31,7 @@ from stages.training_common import (
     reuse_version,
     run_params,
     run_tags,
+    summary_of,
     write_curves,
 )
 
@@ -65,14 +66,15 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     tags = {**run_tags(root, cfg, "retrieval", method, device, prepared, data_tags, train_id),
             lineage.PROTOCOL_TAG: "full ranking"}  # fmt: skip
     prefix = registry.data_prefix(cfg.data)
-    params = run_params(cfg, hparams)
+    params = run_params(cfg, hparams, "retrieval", method, uses_features=bool(hparams.get("modalities")))
     ks = cfg.training.metric_ks
     top_k = cfg.retrieval.retrieval_top_k
     name = tracking.run_name(method, code, seed)
 
     import mlflow
 
-    with tracking.training_run(root, code, name, params, tags, parent_run_id=args.parent_run_id) as run:
+    config = cfg.model_dump(mode="json")
+    with tracking.training_run(root, code, name, params, tags, args.parent_run_id, prepared, config) as run:
         history = retriever.fit(seqs, settings, callbacks=[tracking.epoch_logger()],
                                 eval_batch_size=cfg.training.eval_batch_size, ks=ks)  # fmt: skip
         repeated = finished_version(history, prefix, "retriever", train_id)
@@ -95,15 +97,16 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 info = serving.log_retriever(scratch, [int(i) for i in seqs.train[1][-10:]], pinned_requirements())
             retrieved_table(results).to_csv(scratch / "retrieved.csv", index=False)
             (scratch / "retrieved_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(scratch / describe.HEADLINE_FILE, describe.headline_file(metrics, ks))
             write_curves(history, scratch / "history.tsv")
             for name in ("history.tsv", "retrieved_metrics.json", "retrieved.csv"):  # rerankers read retrieved.csv
                 mlflow.log_artifact(str(scratch / name))
+            summary_text = summary_of(cfg, "retrieval", method, tags, metrics)
             if repeated is None:
-                registered = register_model(
-                    scratch, info.model_uri, prefix, "retriever", tags, run.info.run_id, metrics
-                )
+                registered = register_model(scratch, info.model_uri, prefix, "retriever", tags, run, metrics,
+                                            summary_text, ks)  # fmt: skip
             else:
-                registered = reuse_version(scratch, repeated)
+                registered = reuse_version(scratch, repeated, run, summary_text)
 
     log.info(
         "outputs in %s; registered %s version %d (alias candidate)", out, registered["name"], registered["version"]

@@ -6,14 +6,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 import recsys_core
-from recsys_core import lineage, registry, tracking
-from recsys_core.config import Config
+from recsys_core import describe, lineage, registry, tracking
+from recsys_core.config import Config, method_section
 from recsys_core.training import History, LoopSettings
 
 SERVING_REQUIREMENTS = ("torch", "numpy", "pandas", "safetensors", "pydantic", "pyyaml", "tqdm", "mlflow")
@@ -62,9 +63,21 @@ def loop_settings(cfg: Config, *, epochs: int, lr: float, patience: int, batch_s
                         gradient_accumulation_steps=t.gradient_accumulation_steps)  # fmt: skip
 
 
-def run_params(cfg: Config, hparams: dict) -> dict[str, Any]:
-    """Every resolved params.yaml key plus the model's own settings (``model.*``)."""
-    return {**tracking.flatten_params(cfg.model_dump(mode="json")), **{f"model.{k}": v for k, v in hparams.items()}}
+STAGE_SECTIONS = {"retrieval": ("seed", "data", "training", "retrieval"),
+                  "rerank": ("seed", "data", "training", "rerank", "candidates")}  # fmt: skip
+
+
+def run_params(cfg: Config, hparams: dict, stage: str, method: str, uses_features: bool = False) -> dict[str, Any]:
+    """The params that concern this run: the stage's groups, the method's own section, the feature settings when the
+    model reads item features, and as ``model.*`` only what that section does not already say (sizes the data
+    decided, resolved defaults). The whole resolved config goes to the run as ``config.yaml``."""
+    sections = [*STAGE_SECTIONS[stage], method_section(method), *(["features"] if uses_features else [])]
+    params = tracking.config_params(cfg.model_dump(mode="json"), sections)
+    own = getattr(cfg, method_section(method)).model_dump(mode="json")
+    said = {(name, str(value)) for name, value in own.items()}
+    extra = {f"model.{key}": value for key, value in hparams.items()
+             if not any(key in name and str(value) == shown for name, shown in said)}  # fmt: skip
+    return {**params, **extra}
 
 
 def run_tags(root: Path, cfg: Config, stage: str, method: str, device: Any, prepared: Path,
@@ -84,17 +97,26 @@ def finished_version(history: History, prefix: str, kind: str, fingerprint: str)
     return registry.version_with_fingerprint(registry.model_name(prefix, kind), fingerprint)
 
 
-def reuse_version(folder: Path, version) -> dict:
+def reuse_version(folder: Path, version, run: Any, summary: str) -> dict:
     """registered.json naming an existing version (a rerun that trained nothing), for the promote stage."""
     import mlflow
 
     mlflow.set_tag("reused_version", f"{version.name} v{version.version}")
+    describe.set_descriptions(version.name, version.version, run, summary, repeated=True)
     registered = {"name": version.name, "version": int(version.version), "run_id": version.run_id,
                   "model_uri": version.source, "reused": True}  # fmt: skip
     (folder / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
     print(f"nothing was trained: the checkpoint had finished, and {version.name} version {version.version} (run "
           f"{version.run_id}) is this very training; no new version registered")  # fmt: skip
     return registered
+
+
+def summary_of(cfg: Config, stage: str, method: str, tags: dict[str, str], metrics: dict[str, float],
+               used: Iterable[str] = ()) -> str:  # fmt: skip
+    """The run's and its version's description (method, data, headline numbers, versions used)."""
+    head = describe.headline(metrics, cfg.training.metric_ks)
+    return describe.run_description(stage, method, cfg.data.dataset_code, cfg.seed,
+                                    tags.get(lineage.DATA_VERSION_TAG, ""), head, used)  # fmt: skip
 
 
 def write_curves(history: History, path: Path) -> None:
@@ -109,11 +131,14 @@ def add_parent_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parent_run_id", default=None, help="nest the MLflow run under this run (pipelines)")
 
 
-def register_model(folder: Path, model_uri: str, prefix: str, kind: str, tags: dict[str, str], run_id: str,
-                   metrics: dict[str, float]) -> dict:  # fmt: skip
-    """A new registry version (alias `candidate`), recorded in ``folder/registered.json`` for the promote stage."""
+def register_model(folder: Path, model_uri: str, prefix: str, kind: str, tags: dict[str, str], run: Any,
+                   metrics: dict[str, float], summary: str, ks: Iterable[int]) -> dict:  # fmt: skip
+    """A new registry version (alias `candidate`) carrying the headline metrics, described with ``summary``; recorded
+    in ``folder/registered.json`` for the promote stage."""
     name = registry.model_name(prefix, kind)
-    version = registry.register(model_uri, name, {**tags, "run_id": run_id}, metrics)
+    run_id = run.info.run_id
+    version = registry.register(model_uri, name, {**tags, "run_id": run_id}, describe.headline(metrics, ks))
+    describe.set_descriptions(name, version, run, summary)
     registered = {"name": name, "version": version, "run_id": run_id, "model_uri": model_uri}
     (folder / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")
     return registered

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from recsys_core.data.sources.base import RawDataset, items_frame
+from recsys_core.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 # `make test` runs the suite in one pytest-xdist worker per core: one math thread each (inherited by the stages'
@@ -152,12 +153,6 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     return tmp_path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

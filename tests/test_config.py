@@ -48,8 +48,8 @@ def test_params_yaml_holds_every_key_at_its_default():
 
 
 def readme_restore_command() -> list[tuple[str, str]]:
-    """The `-S section.key=value` pairs of the README's one command that brings the original defaults back."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    """The `-S section.key=value` pairs of the documented one command that brings the original defaults back."""
+    text = (REPO / "docs" / "parameters.md").read_text(encoding="utf-8")
     section = text[text.index("### Changed defaults") :]
     command = next(line for line in section.splitlines() if line.startswith("dvc exp run "))
     return [tuple(pair.split("=", 1)) for pair in re.findall(r"-S (\S+=\S+)", command)]

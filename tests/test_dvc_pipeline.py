@@ -174,6 +174,20 @@ def promote_reranker_and_serve(project: Path, registered: Path, method: str) -> 
     assert last.startswith("5 5 "), last
 
 
+def check_report(project: Path) -> None:
+    """The report stage's page: self-contained (plots inline, nothing fetched, no script), on the pipeline's run."""
+    import mlflow
+
+    page = (project / "reports/custom/seed42/report.html").read_text()
+    assert page.count('src="data:image/png;base64,') >= 4  # candidate recall, gain by history, two training curves
+    assert "<script" not in page and 'src="http' not in page and "<link" not in page
+    for section in ("Does the reranker help?", "How many true items the retriever keeps at K", "Gain by history"):
+        assert section in page
+    run_id = pipeline_registered(project)["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+    assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/report.html"]
+
+
 def test_dvc_repro_then_nothing_to_do(built, project):
     out = built[1]
     assert "Running stage 'prepare'" in out and "Running stage 'gt_candidates'" in out
@@ -186,7 +200,8 @@ def test_dvc_repro_then_nothing_to_do(built, project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"download", "images", "prepare", "embeddings", "captions", "summaries",
                                    "gt_candidates", "train_retrieval", "promote_retriever", "train_rerank",
-                                   "promote_reranker", "evaluate_pipeline"}  # fmt: skip
+                                   "promote_reranker", "evaluate_pipeline", "report"}  # fmt: skip
+    check_report(project)
     manifest = pd.read_parquet(project / "data/images/custom/manifest.parquet")
     with_image = manifest["raw_id"].str[1:].astype(int) % 3 != 0
     assert (manifest["status"] == "ok").tolist() == with_image.tolist()
@@ -215,14 +230,33 @@ def test_dvc_repro_then_nothing_to_do(built, project):
     shutil.rmtree(project / ".dvc" / "cache")  # no cache, no run cache: as after `git clone`
     (project / "mlflow.db").unlink()
     rebuilt = dvc(project, "repro")
-    for stage in ("train_retrieval", "promote_retriever", "train_rerank", "promote_reranker", "evaluate_pipeline"):
+    for stage in ("train_retrieval", "promote_retriever", "train_rerank", "promote_reranker", "evaluate_pipeline",
+                  "report"):  # fmt: skip
         assert f"Running stage '{stage}'" in rebuilt
     assert {n: (exp / n).read_bytes() for n in TRAINED} == {n: snapshot[n] for n in TRAINED}
     promotion = json.loads((exp / "promotion.json").read_text())
     assert promotion["promoted"] is True and promotion["version"] == 1
 
-    metrics = dvc(project, "metrics", "show", "--json")
-    assert '"interactions"' in metrics
+    metrics = json.loads(dvc(project, "metrics", "show", "--json"))
+    shown = {name for found in next(iter(metrics.values()))["data"].values() for name in found["data"]}
+    assert shown == {"val_ndcg@10", "test_ndcg@10", "test_recall@10", "gain@10", "gain_ci"}, shown
+
+
+def test_dvc_metrics_fit_a_screen_and_plots_render_offline(project):
+    """`dvc metrics show` lists the headline numbers only; `recsys plots` renders every curve with Vega inline."""
+    table = dvc(project, "metrics", "show")
+    assert "gain_ci" in table and "test_recall@10" in table and "val_hit_at_20" not in table
+    assert max(len(line) for line in table.splitlines()) <= 160, table
+    printed = recsys(project, "plots")
+    page = (project / "dvc_plots" / "index.html").read_text()
+    assert "renders offline" in printed and "cdn.jsdelivr" not in page and "window.vegaEmbed" in page
+    for title in ("validation NDCG@10 per epoch", "validation Recall@10 per epoch", "retriever training loss"):
+        assert title in page
+    for stage in ("rerank/bert4rec", "retrieval/lrurec"):  # both stages' curves (DVC drops the common folder)
+        assert f'"filename": "{stage}/custom/seed42/history.tsv"' in page
+    shutil.rmtree(project / "dvc_plots")
+    dvc(project, "plots", "show")  # plain DVC, now configured with the offline template
+    assert "cdn.jsdelivr" not in (project / "dvc_plots" / "index.html").read_text()
 
 
 def test_switching_the_retriever_to_bm3(project):
@@ -366,7 +400,9 @@ def test_a_queued_sweep_runs_in_parallel_workers_against_the_tracking_server(pro
             time.sleep(3)
     finally:
         dvc(project, "queue", "stop", "--kill")
-    assert status.count("Success") == 2, status
+    failed = [line.split()[1] for line in status.splitlines() if line.endswith("Failed")]
+    logs = "\n".join(dvc(project, "queue", "logs", name) for name in failed)
+    assert status.count("Success") == 2, f"{status}\n{logs[-6000:]}"
     client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
     runs = client.search_runs([client.get_experiment_by_name("custom").experiment_id])
     stages: dict[str, set] = {}

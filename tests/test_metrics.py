@@ -93,10 +93,10 @@ def test_full_ranking_evaluation_counts_and_orders_users():
 def test_list_mrr_is_named_apart_from_the_full_ranking_mrr():
     """Lists of 3 candidates report ``mrr_at_3`` (a true item outside the list is a miss), never ``mrr``, which is
     the full-ranking MRR; ``training.monitor: mrr`` reads whichever of the two a validation reports."""
+    from recsys_core.leaderboard import Entry, RunRecord
     from recsys_core.rerank.data import CandidateSet
     from recsys_core.rerank.evaluate import evaluate_lists, list_order_result
     from recsys_core.rerank.fusion import tune_weight
-    from stages.compare import LIST_MRR, format_rows, list_mrr
 
     cset = CandidateSet(np.array([1, 2]), [np.array([9])] * 2, np.array([[1, 2, 3], [4, 5, 6]]), np.array([2, 7]),
                         np.array([1, -1]), retrieval_scores=np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]]))  # fmt: skip
@@ -115,22 +115,8 @@ def test_list_mrr_is_named_apart_from_the_full_ranking_mrr():
     assert curve[weight] == pytest.approx(1 / 4)
     table = format_table({"full": full, "lists": reranked.all_users}, ks=(1,))
     assert "MRR " in table and "MRR@3" in table
-    row = {"data": "d", "stage": "rerank", "method": "m", "run": "r", "version": "v1", "champion": "",
-           **dict.fromkeys(("ndcg_at_10", "recall_at_10", "hit_at_10", "ndcg_at_20", "mrr")),
-           LIST_MRR: list_mrr({"test/mrr_at_3": 0.25, "val/mrr_at_3": 0.5}), "delta": "-"}  # fmt: skip
-    assert row[LIST_MRR] == (3, 0.25) and "0.2500 (N=3)" in format_rows([row])
-
-
-def test_compare_calls_a_delta_a_gain_only_when_its_interval_excludes_zero():
-    from stages.compare import delta_text
-
-    def metrics(mean, low, high):
-        return {"test_delta/ndcg_at_10": mean, "test_delta_low/ndcg_at_10": low, "test_delta_high/ndcg_at_10": high}
-
-    assert delta_text(metrics(0.01, 0.002, 0.02)) == "+0.0100 [+0.0020, +0.0200] gain"
-    assert delta_text(metrics(0.01, -0.001, 0.02)).endswith("none")
-    assert delta_text(metrics(-0.01, -0.02, -0.001)).endswith("loss")
-    assert delta_text({"test/ndcg_at_10": 0.1}) == "-"
+    entry = Entry("rerank m", [RunRecord("r", "42", {"test/mrr_at_3": 0.25, "val/mrr_at_3": 0.5})])
+    assert entry.list_length == 3  # the compare table reads a ranked list's length from its MRR@N
 
 
 def test_monitor_mrr_reads_the_list_mrr_when_a_reranker_validates_on_lists():

@@ -7,13 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pandas as pd
 import pytest
-from conftest import cyclic_rows, free_port
+from conftest import cyclic_rows
 
+from recsys_core.net import free_port, wait_until_answers
 from stages import cli
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def store(request, workdir):
     return url
 
 
-def test_train_pipeline_compare_and_serve(workdir, store, monkeypatch, capsys):
+def test_train_pipeline_compare_and_serve(workdir, store, monkeypatch, capsys, request):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("RECSYS_PROJECT_ROOT", str(workdir))
     pd.DataFrame(cyclic_rows(100, 30), columns=["user", "item", "rating", "timestamp"]).to_csv("mine.csv", index=False)
@@ -49,11 +49,32 @@ def test_train_pipeline_compare_and_serve(workdir, store, monkeypatch, capsys):
 
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("custom")
+    # the UI opens it on the training runs, with a description; each logged model is named after its method
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "retriever" in experiment.tags["mlflow.note.content"]
+    logged = client.search_logged_models([experiment.experiment_id])
+    assert sorted(m.name for m in logged) == ["bert4rec", "lrurec", "lrurec+bert4rec"]
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("stage") == "train_pipeline"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["stage"] for r in children) == ["pipeline", "rerank", "retrieval"]
+    for child in children:  # the prepared data is each stage's dataset input (the UI's Dataset column)
+        (used,) = client.get_run(child.info.run_id).inputs.dataset_inputs
+        assert used.dataset.name == PREFIX and used.dataset.digest == child.data.tags["data.version"]
     pipeline = next(r for r in children if r.data.tags["stage"] == "pipeline")
+    # Runs that explain themselves: unique names, descriptions with links, the params that concern each.
+    assert len({r.info.run_name for r in runs}) == len(runs) == 4
+    assert "child runs" in parent.data.tags["mlflow.note.content"]
+    note = {r.data.tags["stage"]: r.data.tags["mlflow.note.content"] for r in children}
+    assert note["retrieval"].startswith("**lrurec** retriever") and note["rerank"].startswith("**bert4rec** reranker")
+    assert f"[{PREFIX}-retriever v1](#/models/{PREFIX}-retriever/versions/1)" in note["rerank"]
+    assert f"[{PREFIX}-reranker v1](#/models/{PREFIX}-reranker/versions/1)" in note["pipeline"]
+    assert "paired 95% interval" in note["pipeline"] and "Promotion: **promoted to champion**" in note["pipeline"]
+    two_stage = client.get_model_version(f"{PREFIX}-two-stage", "1")
+    assert "Made by run" in two_stage.description and pipeline.info.run_id in two_stage.description
+    groups = {r.data.tags["stage"]: {p.split(".")[0] for p in r.data.params} for r in children}
+    assert groups["rerank"] >= {"rerank", "candidates", "bert4rec"} and not groups["rerank"] & {"lrurec", "vip5"}
+    assert groups["pipeline"] == {"seed", "data", "serving", "retrieval", "rerank", "training"}
     for kind in ("retriever", "reranker", "two-stage"):
         champion = client.get_model_version_by_alias(f"{PREFIX}-{kind}", "champion")
         assert int(champion.version) == 1
@@ -66,10 +87,14 @@ def test_train_pipeline_compare_and_serve(workdir, store, monkeypatch, capsys):
     assert rerank.data.tags["rerank_mode"] == "retrieval" and rerank.data.tags["retriever.version"] == "1"
 
     capsys.readouterr()
-    assert cli.main(["compare", "--dataset", "custom"]) == 0
+    assert cli.main(["compare", "--dataset", "custom", "--with", f"{PREFIX}-reranker/1"]) == 0
     table = capsys.readouterr().out
-    assert "retrieval" in table and "rerank (retrieval)" in table and "lrurec+bert4rec" in table and "yes" in table
-    assert PREFIX in table  # each data setting's runs on their own rows
+    assert "champion retriever: lrurec" in table and "champion two-stage: lrurec+bert4rec" in table
+    assert "rerank (retrieval) bert4rec" in table
+    assert "v1 champion" in table and f"Data {PREFIX}" in table  # each data setting's runs in their own block
+    assert "NDCG@5" in table and "Recall@20" in table and " val " in table and "Chosen runs" in table
+    assert f"{PREFIX}-reranker v1 (rerank bert4rec)" in table
+    assert "n/a" in table and "K is above the length of the ranked list" in table  # @20 of 10-item lists
 
     # Any two evaluated runs pair per user: the two-stage model against the retriever's full ranking.
     assert cli.main(["compare", f"{PREFIX}-retriever@champion", f"models:/{PREFIX}-two-stage/1"]) == 0
@@ -91,21 +116,82 @@ def test_train_pipeline_compare_and_serve(workdir, store, monkeypatch, capsys):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                time.sleep(0.5)
+        assert wait_until_answers(f"http://127.0.0.1:{port}/ping", server, 120), server.stderr.read().decode()[-2000:]
         body = json.dumps({"dataframe_records": [{"history": [1, 2, 3], "k": 4}, {"history": [5], "k": 2}]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+        invocation = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
                                          {"Content-Type": "application/json"})  # fmt: skip
-        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"]
+        answer = json.loads(urllib.request.urlopen(invocation, timeout=30).read())["predictions"]
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert [len(a["items"]) for a in answer] == [4, 2]
     assert not {1, 2, 3} & set(answer[0]["items"]) and 5 not in answer[1]["items"]  # history is never recommended
     assert answer[0]["scores"] == sorted(answer[0]["scores"], reverse=True) and len(answer[0]["titles"]) == 4
+    if store.startswith("sqlite"):
+        check_report_renders(workdir, pipeline.info.run_id, capsys)
+        check_migration_to_server(store, request.getfixturevalue("tracking_server")[0], monkeypatch, capsys)
+
+
+def check_report_renders(workdir, run_id: str, capsys) -> None:
+    """`recsys report` after the pipeline: Chromium draws its plots (not blank) and the run holds the page."""
+    import mlflow
+    from browser import pixels_near, screenshot
+
+    assert cli.main(["report", *FAST]) == 0
+    page = workdir / "reports/custom/seed42/report.html"
+    assert "opens offline" in capsys.readouterr().out
+    image = screenshot(page.as_uri(), workdir / "report.png")
+    # matplotlib's first colour draws the candidate-recall curve and the training curves
+    assert pixels_near(image, (31, 119, 180)) > 500, "the report's plots are blank"
+    assert image.std() > 20  # a page of text and plots, not one colour
+    client = mlflow.MlflowClient()
+    assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/report.html"]
+
+
+def check_migration_to_server(embedded: str, url: str, monkeypatch, capsys) -> None:
+    """`recsys tracking migrate`: the embedded store's runs, models and registry on the server, ids rewritten, the
+    champion answering the same; a second migration copies nothing."""
+    import mlflow
+
+    source = mlflow.MlflowClient(embedded, embedded)
+    old_runs = {r.info.run_id: r for r in source.search_runs([source.get_experiment_by_name("custom").experiment_id])}
+    assert cli.main(["tracking", "migrate", "--dest", url]) == 0
+    printed = capsys.readouterr().out
+    assert f"runs: {len(old_runs)} copied, 0 already there" in printed and "model versions: 3 copied" in printed
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    server = mlflow.MlflowClient(url, url)
+    new_runs = server.search_runs([server.get_experiment_by_name("custom").experiment_id])
+    by_source = {r.data.tags["migration.source_run_id"]: r for r in new_runs}
+    assert set(by_source) == set(old_runs)
+    new_id = {old: run.info.run_id for old, run in by_source.items()}
+    for old, run in by_source.items():
+        before = old_runs[old]
+        assert run.data.params == before.data.params and run.data.metrics == before.data.metrics
+        assert run.info.status == before.info.status and run.info.end_time == before.info.end_time
+        inputs = [i.dataset.name for i in server.get_run(run.info.run_id).inputs.dataset_inputs]
+        assert inputs == [i.dataset.name for i in source.get_run(old).inputs.dataset_inputs]
+        for key, value in before.data.tags.items():  # ids of the source store become the server's ids
+            assert run.data.tags[key] == new_id.get(value, value), key
+    (retrieval,) = [r for r in old_runs.values() if r.data.tags.get("stage") == "retrieval"]
+    epochs = [(m.step, m.value) for m in source.get_metric_history(retrieval.info.run_id, "train/train_loss")]
+    assert len(epochs) > 1
+    assert epochs == [
+        (m.step, m.value) for m in server.get_metric_history(new_id[retrieval.info.run_id], "train/train_loss")
+    ]
+    for kind in ("retriever", "reranker", "two-stage"):
+        old, new = (c.get_model_version_by_alias(f"{PREFIX}-{kind}", "champion") for c in (source, server))
+        assert int(new.version) == int(old.version) and new.run_id == new_id[old.run_id] and new.source != old.source
+    history = pd.DataFrame({"history": [[1, 2, 3], [5], [7, 8, 9, 10]]})
+    uri = f"models:/{PREFIX}-two-stage@champion"
+    served = mlflow.pyfunc.load_model(uri).predict(history)  # from the server
+    mlflow.set_tracking_uri(embedded)
+    assert served.equals(mlflow.pyfunc.load_model(uri).predict(history))
+    mlflow.set_tracking_uri(url)
+    capsys.readouterr()
+    assert cli.main(["compare", f"{PREFIX}-retriever@champion", f"{PREFIX}-two-stage@champion"]) == 0
+    assert "paired over the same 100 users" in capsys.readouterr().out  # per-user artifacts came along
+
+    assert cli.main(["tracking", "migrate", "--dest", url]) == 0
+    again = capsys.readouterr().out
+    assert f"runs: 0 copied, {len(old_runs)} already there" in again and "model versions: 0 copied, 3 already" in again

@@ -74,7 +74,10 @@ def client():
     """A client of the test's store, named explicitly: mlflow keeps the URI an earlier test in this process set."""
     import mlflow
 
+    from recsys_core.tracking import prepare_store
+
     uri = os.environ["MLFLOW_TRACKING_URI"]
+    prepare_store(uri)  # under the store's lock: a bare client racing the stage on a new mlflow.db both create tables
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -171,6 +174,20 @@ def test_only_the_same_training_closes_an_orphan(store):
         other.info.run_id
     ]
     assert c.get_run(other.info.run_id).data.tags[tracking.RESUMED_BY_TAG] == "new"
+
+
+def test_without_a_fingerprint_the_run_key_decides(store):
+    """Run names are unique (start time appended), so a pipeline run's orphan is found by its key tag."""
+    tracking.configure(store)
+    c = client()
+    exp = tracking.experiment_id("custom", store)
+    gone = {**tracking.process_tags(), tracking.PID_TAG: "999999999", "stage": "pipeline"}
+    same = c.create_run(exp, tags={**gone, tracking.RUN_KEY_TAG: "pipeline-custom-seed42"},
+                        run_name="pipeline-custom-seed42-1130-120000")  # fmt: skip
+    c.create_run(exp, tags={**gone, tracking.RUN_KEY_TAG: "pipeline-custom-seed7"},
+                 run_name="pipeline-custom-seed7-1130-120000")  # fmt: skip
+    closed = tracking.close_orphans_of(c, exp, "pipeline-custom-seed42", {"stage": "pipeline"}, "new")
+    assert closed == [same.info.run_id]
 
 
 def test_doctor_lists_and_closes_orphans(store, capsys):

@@ -22,10 +22,11 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, free_port, tiny_config
+from conftest import REPO, tiny_config
 
 from recsys_core import serving
 from recsys_core.errors import ConfigError
+from recsys_core.net import free_port, wait_until_answers
 from recsys_core.serving import RequestRefused, check_request, check_rerank_request
 from recsys_core.serving_guard import RequestGuard, count_rows
 
@@ -316,16 +317,9 @@ class Server:
         self.process = subprocess.Popen(["bash", "-c", command], cwd=REPO, env={**FRESH_SHELL, **(env or {})},
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         start_new_session=True)  # fmt: skip
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                return
-            except OSError:
-                if self.process.poll() is not None or time.time() > deadline:
-                    self.stop()
-                    pytest.fail(f"the server did not start:\n{self.process.stdout.read().decode()[-3000:]}")
-                time.sleep(0.5)
+        if not wait_until_answers(f"http://127.0.0.1:{port}/ping", self.process, 180):
+            self.stop()
+            pytest.fail(f"the server did not start:\n{self.process.stdout.read().decode()[-3000:]}")
 
     def post(self, body, content_type: str = "application/json") -> tuple[int, dict, float]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()

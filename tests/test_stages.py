@@ -149,11 +149,35 @@ def test_unknown_command_lists_the_commands(capsys):
     assert "data-prepare" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flag", ["--min_uc", "--dataset_code"])
-def test_bad_flag_values_exit_with_usage(workdir, flag):
+def test_bad_flag_values_exit_with_usage(workdir, caplog):
     with pytest.raises(SystemExit) as err:
-        run("prepare", flag, "not-a-number" if flag == "--min_uc" else "nope")
+        run("prepare", "--min_uc", "not-a-number")
     assert err.value.code == 2
+    for code in ("nope", "custom-", "custom-Shoes", "custom-a/b"):
+        assert run("prepare", "--dataset_code", code) == 1
+        assert f"unknown dataset_code {code!r}" in error_text(caplog) and "custom-NAME" in error_text(caplog)
+
+
+def test_named_custom_datasets_live_side_by_side(workdir):
+    """`--dataset_code custom-NAME`: each dataset of one's own has its raw and prepared folders, experiment and
+    registered-model prefix; preparing the second leaves the first as it was."""
+    from recsys_core.config import DataConfig
+    from recsys_core.registry import data_prefix
+
+    for name, seed in (("shoes", 23), ("books", 24)):
+        rows = random_log(30, 20, (4, 9), seed=seed)
+        pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]).to_csv(workdir / f"{name}.csv", index=False)
+    flags = ["--min_uc", "3", "--min_sc", "2", "--rerank_eval_candidates", "5"]
+    assert run("data-prepare", "--dataset_code", "custom-shoes", "--custom_interactions", "shoes.csv", *flags) == 0
+    shoes = workdir / "data/preprocessed/custom-shoes_min_rating0-min_uc3-min_sc2/interactions.parquet"
+    before = shoes.read_bytes()
+    assert run("data-prepare", "--dataset_code", "custom-books", "--custom_interactions", "books.csv", *flags) == 0
+    books = workdir / "data/preprocessed/custom-books_min_rating0-min_uc3-min_sc2/interactions.parquet"
+    assert shoes.read_bytes() == before and books.exists() and books.read_bytes() != before
+    assert (workdir / "data/raw/custom-shoes/interactions.csv").read_text() == (workdir / "shoes.csv").read_text()
+    manifest = json.loads((workdir / "data/raw/custom-books/source.json").read_text())
+    assert manifest["dataset"] == "custom-books"
+    assert data_prefix(DataConfig(dataset_code="custom-shoes", min_uc=3, min_sc=2)).startswith("custom-shoes_")
 
 
 def test_tiny_model_command_writes_a_loadable_smoke_model(tmp_path, capsys):

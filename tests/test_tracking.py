@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import cyclic_rows
 
 from recsys_core.candidates import read_retrieved
@@ -46,7 +48,7 @@ def client():
     return mlflow.MlflowClient()
 
 
-def test_train_register_promote_and_serve(project, capsys):
+def test_train_register_promote_and_serve(project, capsys, tmp_path):
     assert cli.main(["train-retrieval", *FAST, "--retrieval_epochs", "6", "--retrieval_lr", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "full ranking over 40 items" in out and "Ndcg" in out
@@ -75,9 +77,14 @@ def test_train_register_promote_and_serve(project, capsys):
     experiment = c.get_experiment_by_name("custom")
     assert experiment.artifact_location.startswith((project / "mlartifacts").as_uri())
     (run,) = c.search_runs([experiment.experiment_id])
-    assert run.info.run_name == "lrurec-custom-seed42"
-    assert run.data.params["retrieval.retrieval_lr"] == "0.01" and run.data.params["model.hidden"] == "16"
-    assert run.data.params["data.dataset_code"] == "custom"
+    # A unique name that says what the run is; params of the groups that concern it; the whole config beside.
+    assert run.info.run_name.startswith("lrurec-custom-seed42-") and run.data.tags["run.key"] == "lrurec-custom-seed42"
+    params = run.data.params
+    assert params["retrieval.retrieval_lr"] == "0.01" and params["lrurec.lru_hidden_size"] == "16"
+    assert params["data.dataset_code"] == "custom"
+    assert {p.split(".")[0] for p in params} == {"seed", "data", "training", "retrieval", "lrurec"}, params
+    config = yaml.safe_load(Path(c.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text())
+    assert config["vip5"] and config["retrieval"]["retrieval_lr"] == 0.01
     assert run.data.metrics["test/ndcg_at_10"] == pytest.approx(metrics["test/ndcg_at_10"])
     assert {"val/hit_at_20", "test/mrr", "best_epoch"} <= set(run.data.metrics)
     curve = c.get_metric_history(run.info.run_id, "epoch_val/ndcg_at_10")
@@ -89,10 +96,19 @@ def test_train_register_promote_and_serve(project, capsys):
 
     # The registry: version 1 is the candidate; promotion makes it the champion.
     v1 = c.get_model_version_by_alias(NAME, "candidate")
-    assert int(v1.version) == 1 and v1.tags["method"] == "lrurec" and "metric.val/ndcg_at_10" in v1.tags
+    assert int(v1.version) == 1 and v1.tags["method"] == "lrurec"
+    headline = {"metric.val/ndcg_at_10", "metric.test/ndcg_at_10", "metric.test/recall_at_10"}
+    assert {k for k in v1.tags if k.startswith("metric.")} == headline  # the rest stays on the run
+    # Run and version describe themselves and link to each other.
+    note = c.get_run(run.info.run_id).data.tags["mlflow.note.content"]
+    assert note.startswith("**lrurec** retriever (stage 1) on `custom`") and "val NDCG@10 " in note
+    assert f"[{NAME} v1](#/models/{NAME}/versions/1)" in note
+    assert f"#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}" in v1.description
     assert cli.main(["promote", "retriever", *FAST]) == 0
     assert alias(c, "champion") == 1
     assert c.get_model_version(NAME, "1").tags["promotion.decision"] == "promoted"
+    assert "Promotion: **promoted to champion** on " in c.get_model_version(NAME, "1").description
+    assert "Promotion: **promoted to champion** on " in c.get_run(run.info.run_id).data.tags["mlflow.note.content"]
 
     # The champion loads in a fresh process and gives the trained model's top-K.
     histories = [[1, 2, 3], [7]]
@@ -128,3 +144,18 @@ def test_train_register_promote_and_serve(project, capsys):
 def test_promote_without_models_says_what_to_do(project, caplog):
     assert cli.main(["promote", "retriever", "--dataset", "custom"]) == 1
     assert "train a model first" in caplog.text
+
+
+def test_run_params_are_the_runs_own_groups_and_model_params_only_what_the_section_does_not_say():
+    from recsys_core.config import Config
+    from stages.training_common import run_params
+
+    cfg = Config()
+    hparams = LRURec.hyperparameters(cfg, "ml-100k")
+    params = run_params(cfg, hparams, "retrieval", "lrurec")
+    assert params["model.max_len"] == 200 and params["lrurec.lru_max_len"] is None  # null resolved for MovieLens
+    assert not {"model.hidden", "model.dropout", "model.blocks"} & set(params)  # the section says them
+    assert {p.split(".")[0] for p in params} == {"seed", "data", "training", "retrieval", "lrurec", "model"}
+    rerank = run_params(cfg, {"hidden": 64}, "rerank", "qwen3vl", uses_features=True)
+    assert {p.split(".")[0] for p in rerank} == {"seed", "data", "training", "rerank", "candidates", "llm",
+                                                 "features", "model"}  # fmt: skip

@@ -61,16 +61,17 @@ CONCURRENT = """
 import sys, time
 from pathlib import Path
 import mlflow
-from recsys_core import tracking
+from recsys_core import registry, tracking
 root, worker = Path(sys.argv[1]), sys.argv[2]
 (root / f"ready{worker}").touch()
 while not (root / "go").exists():
     time.sleep(0.01)
-with tracking.training_run(root, "custom", f"concurrent-{worker}", {"worker": worker}, {"stage": "test"}) as run:
+tags = {"stage": "test", "data.version": "same-data"}  # every run logs the same dataset input: a race to insert it
+with tracking.training_run(root, "custom", f"concurrent-{worker}", {"worker": worker}, tags, prepared=root) as run:
     mlflow.log_metric("m", 1.0)
     mlflow.log_text(worker, "worker.txt")
     info = mlflow.pyfunc.log_model(name="model", python_model=mlflow.pyfunc.PythonModel())
-mlflow.register_model(info.model_uri, "concurrent-model")
+registry.register(info.model_uri, "concurrent-model", {}, {})  # all set the candidate alias: a race to insert it
 """
 
 
@@ -91,9 +92,14 @@ def test_stages_started_together_against_the_server_all_land(tracking_server, tm
     runs = c.search_runs([c.get_experiment_by_name("custom").experiment_id])
     assert sorted(r.data.params["worker"] for r in runs) == [str(i) for i in range(n)]
     assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {(d.dataset.name, d.dataset.digest) for r in runs for d in r.inputs.dataset_inputs} == {
+        (tmp_path.name, "same-data")
+    }
+    assert all(len(r.inputs.dataset_inputs) == 1 for r in runs)
     versions = c.search_model_versions("name = 'concurrent-model'")
     assert sorted(int(v.version) for v in versions) == list(range(1, n + 1))
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)  # one version per run
+    assert int(c.get_model_version_by_alias("concurrent-model", "candidate").version) in range(1, n + 1)
     for run in runs:
         text = c.download_artifacts(run.info.run_id, "worker.txt", str(tmp_path / run.info.run_id))
         assert Path(text).read_text() == run.data.params["worker"]

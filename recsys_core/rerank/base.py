@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,8 @@ from recsys_core.training import EpochCallback, History, LoopSettings
 
 class Reranker(SavedModel):
     """Orders a short candidate list for each user given the user's history."""
+
+    reads_item_features: ClassVar[bool] = False  # embeddings or images: the run logs the `features.*` params
 
     @classmethod
     def from_data(cls, n_items: int, hparams: dict[str, Any], device: torch.device | str,

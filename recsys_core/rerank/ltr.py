@@ -145,6 +145,7 @@ class LTRReranker(Reranker):
     """LightGBM lambdarank over retriever, model, popularity, transition, content and history features."""
 
     method = "ltr"
+    reads_item_features = True  # content similarity from the item embeddings
     fits_on_validation = True  # trained on the validation lists: validation numbers are cross-fitted
 
     def __init__(self, n_items: int, hparams: dict[str, Any], device: torch.device | str = "cpu"):

@@ -135,6 +135,7 @@ def fit_budget(builder: _ImageBuilder, budget: int) -> VLPrompt:
 
 class Qwen3VLReranker(QwenReranker):
     method = "qwen3vl"
+    reads_item_features = True  # item images (raw_image mode) and generated texts
 
     def __init__(self, n_items: int, hparams: dict[str, Any], device: torch.device | str = "cpu",
                  items: pd.DataFrame | Mapping[int, str] | None = None, tokenizer_dir: Path | None = None,

@@ -46,6 +46,7 @@ TOKENIZER_DIR = "tokenizer"
 
 class VIP5Reranker(Reranker):
     method = "vip5"
+    reads_item_features = True  # the item embeddings behind its visual tokens
 
     def __init__(self, n_items: int, hparams: dict[str, Any], device: torch.device | str = "cpu",
                  features: torch.Tensor | None = None, tokenizer_dir: Path | None = None):  # fmt: skip

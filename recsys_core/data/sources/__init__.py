@@ -19,10 +19,14 @@ SOURCES: dict[str, type[Source]] = {
 
 
 def get_source(code: str) -> Source:
+    from recsys_core.config import is_custom
+
+    if is_custom(code):
+        return Custom(code)
     if code not in SOURCES:
         from recsys_core.errors import ConfigError
 
-        raise ConfigError(f"unknown dataset_code {code!r}; choose one of {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown dataset_code {code!r}; choose one of {', '.join(SOURCES)} or custom-NAME")
     return SOURCES[code]()
 
 

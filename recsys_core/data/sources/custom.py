@@ -49,6 +49,9 @@ class Custom(Source):
     code = "custom"
     reuse_manifest = False  # the user's files may change under the same path: always copy them again
 
+    def __init__(self, code: str = "custom") -> None:
+        self.code = code  # `custom` or `custom-NAME`: each named dataset has its own raw folder
+
     def fetch(self, raw_dir: Path, cfg: DataConfig) -> dict:
         """Copy the user's files into the raw folder so that DVC versions exactly what was prepared."""
         given = [(role, Path(name)) for role, name in (("interactions", cfg.custom_interactions),
@@ -75,7 +78,7 @@ class Custom(Source):
         names = {f["name"] for f in manifest["files"]}
         inter_name = next((n for n in names if n.startswith("interactions.")), None)
         if inter_name is None:
-            raise DataFormatError(f"{raw_dir}: no interactions file; run `recsys download --dataset_code custom`")
+            raise DataFormatError(f"{raw_dir}: no interactions file; run `recsys download --dataset_code {self.code}`")
         path = raw_dir / inter_name
         found = read_table(path, fix=_fix(manifest, inter_name))
         table, bad = found.frame, found.bad
