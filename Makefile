@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv stats ui serve compare report plots docs clean-venv tracking-server tracking-stop tracking-status tracking-migrate push pull remote
+.PHONY: run test lint venv stats ui exps serve compare report plots docs clean-venv tracking-server tracking-stop tracking-status tracking-migrate push pull remote
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, found {sys.version.split()[0]}: set PYTHON=/path/to/python3.11"'
@@ -26,11 +26,17 @@ run: $(STAMP)
 stats: $(STAMP)
 	$(BIN)/python -m stages.show_stats
 
-# The MLflow UI on the embedded store, bound to 127.0.0.1 only.
+# A sweep on one screen, as a Markdown table: the params the experiments changed and the headline metrics (the
+# columns of the stages' file dependencies, paths with 32-character hashes, dropped). Plain `dvc exp show` lists
+# every param the stages depend on.
+exps: $(STAMP)
+	$(BIN)/dvc exp show --only-changed --drop '^(data|experiments)/|^(Created|State|Executor)$$' --md
+
+# The MLflow UI on this clone's store ($MLFLOW_TRACKING_URI, else mlflow.db), bound to 127.0.0.1, opening on the
+# training runs with their headline metrics (MLflow's server with the `seqrerank` app, recsys_core/ui_app.py).
 UI_PORT ?= 5000
 ui: $(STAMP)
-	@echo "MLflow UI: open http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning (the runs, not the GenAI overview)"
-	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(UI_PORT)
+	$(BIN)/python -m stages.cli ui --port $(UI_PORT)
 
 # The promoted two-stage model as a REST service on 127.0.0.1 (POST /invocations, see README): MLflow's scoring
 # server behind the request guard of recsys_core/serving.py (body size, rows, requests in flight), run by the venv's

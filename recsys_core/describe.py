@@ -32,13 +32,21 @@ def headline(metrics: Mapping[str, float], ks: Iterable[int]) -> dict[str, float
 HEADLINE_FILE = "headline.json"  # each stage's DVC metric: a few columns, so `dvc metrics show` fits a screen
 
 
-def headline_file(metrics: Mapping[str, float], ks: Iterable[int]) -> dict[str, float | str]:
-    """``{"val_ndcg@10", "test_ndcg@10", "test_recall@10"}`` and, for a two-stage run, ``gain@10`` (test NDCG@10
-    minus retrieval alone) with ``gain_ci`` (its 95% paired interval); the full metrics stay in the stage's other
-    files and in MLflow."""
+def headline_file(metrics: Mapping[str, float], ks: Iterable[int], role: str = "") -> dict[str, float | str]:
+    """A stage's DVC metric. The two-stage evaluation's: ``val_ndcg@10``, ``test_ndcg@10``, ``test_recall@10``,
+    ``gain@10`` (test NDCG@10 minus retrieval alone) and ``gain_ci`` (its 95% paired interval). The retriever's:
+    ``retriever_val_ndcg@10`` and ``retriever_test_ndcg@10``; the reranker's: ``reranker_val_ndcg@10`` (its test
+    number is the two-stage one when the pipeline uses it). A training stage's names are its own so that
+    `dvc exp show` heads its columns with them, not with file paths (what DVC does with a name two files share).
+    The full metrics stay in the stage's other files and in MLflow."""
     k = headline_k(ks)
-    names = {f"val/ndcg_at_{k}": f"val_ndcg@{k}", f"test/ndcg_at_{k}": f"test_ndcg@{k}",
-             f"test/recall_at_{k}": f"test_recall@{k}"}  # fmt: skip
+    if role == "retriever":
+        names = {f"val/ndcg_at_{k}": f"{role}_val_ndcg@{k}", f"test/ndcg_at_{k}": f"{role}_test_ndcg@{k}"}
+    elif role:
+        names = {f"val/ndcg_at_{k}": f"{role}_val_ndcg@{k}"}
+    else:
+        names = {f"val/ndcg_at_{k}": f"val_ndcg@{k}", f"test/ndcg_at_{k}": f"test_ndcg@{k}",
+                 f"test/recall_at_{k}": f"test_recall@{k}"}  # fmt: skip
     out: dict[str, float | str] = {
         short: round(float(metrics[name]), 6) for name, short in names.items() if name in metrics
     }

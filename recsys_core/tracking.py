@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_core.errors import RecsysError, lost_insert_race
+from recsys_core.system_metrics import start_monitor
 
 log = logging.getLogger(__name__)
 
@@ -556,7 +557,8 @@ def training_run(root: Path, experiment: str, name: str, params: dict[str, Any],
         run = None
         try:
             run = mlflow.start_run(experiment_id=exp_id, run_name=unique_name(name), tags=all_tags,
-                                   log_system_metrics=True)  # fmt: skip
+                                   log_system_metrics=False)  # fmt: skip
+            start_monitor(run.info.run_id)  # CPU, memory, GPU: MLflow's monitor without host disk and network
             items = list(params.items())
             for start in range(0, len(items), 100):
                 mlflow.log_params({k: "" if v is None else v for k, v in items[start : start + 100]})

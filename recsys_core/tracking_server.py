@@ -242,7 +242,9 @@ def start(settings: ServerSettings, wait_s: float = 120.0) -> str:
     # extra processes with the server; off unless asked for
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--artifacts-destination", str(artifacts),
+    # the `seqrerank` app: MLflow's server app whose UI opens on the training runs (recsys_core/ui_app.py)
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--app-name", "seqrerank",
+           "--artifacts-destination", str(artifacts),
            "--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers)]  # fmt: skip
     with open(logfile, "ab") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,

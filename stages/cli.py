@@ -28,6 +28,7 @@ from stages import (
     train_pipeline,
     train_rerank,
     train_retrieval,
+    ui,
 )
 from stages.common import run_stage
 
@@ -70,6 +71,7 @@ COMMANDS = {
     "report": (report.main, "offline HTML report of the last two-stage evaluation (reports/), logged to MLflow"),
     "doctor": (doctor.main, "list MLflow runs left RUNNING by a killed process; --close ends them as KILLED"),
     "tracking": (tracking_cmd.main, "start|stop|status the team's MLflow tracking server on PostgreSQL (.tracking/)"),
+    "ui": (ui.main, "the MLflow UI on this clone's store (127.0.0.1:5000), opening on the training runs"),
     "promote": (promote.main, "promote a registered retriever/reranker version to champion"),
     "stats": (show_stats.main, "print the prepared dataset's statistics"),
     "params": (_params, "print the resolved configuration"),

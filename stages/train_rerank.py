@@ -235,7 +235,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 info = serving.log_reranker(scratch / MODEL_DIR, test_set.histories[example][-10:].tolist(),
                                             [int(c) for c in test_set.candidates[example] if c], reqs)  # fmt: skip
             (scratch / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-            write_json(scratch / describe.HEADLINE_FILE, describe.headline_file(metrics, ks))
+            write_json(scratch / describe.HEADLINE_FILE, describe.headline_file(metrics, ks, "reranker"))
             write_curves(history, scratch / "history.tsv")
             pd.DataFrame({"user_id": test_set.users, "target": test_set.targets, "rank": test.ranks,
                           "reranked": [" ".join(str(i) for i in row if i) for row in test.order]}).to_csv(

@@ -97,7 +97,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 info = serving.log_retriever(scratch, [int(i) for i in seqs.train[1][-10:]], pinned_requirements())
             retrieved_table(results).to_csv(scratch / "retrieved.csv", index=False)
             (scratch / "retrieved_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-            write_json(scratch / describe.HEADLINE_FILE, describe.headline_file(metrics, ks))
+            write_json(scratch / describe.HEADLINE_FILE, describe.headline_file(metrics, ks, "retriever"))
             write_curves(history, scratch / "history.tsv")
             for name in ("history.tsv", "retrieved_metrics.json", "retrieved.csv"):  # rerankers read retrieved.csv
                 mlflow.log_artifact(str(scratch / name))

@@ -35,3 +35,12 @@ def screenshot(url: str, out: Path, width: int = 1200, height: int = 3600) -> np
 def pixels_near(image: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 12) -> int:
     """How many pixels have about this colour."""
     return int((np.abs(image.astype(int) - np.array(rgb)).max(axis=2) <= tolerance).sum())
+
+
+def page_dom(url: str, width: int = 1600, height: int = 1000) -> str:
+    """The page's DOM as Chromium leaves it after its scripts ran (20 s of virtual time at most)."""
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},{height}",
+           "--virtual-time-budget=20000", "--dump-dom", url]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -30,6 +32,9 @@ from recsys_core.rerank.t5_tiny import write_tiny_t5
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
+# `make exps`: a sweep's changed params and the headline metrics; the columns of the stages' file dependencies
+# (paths, hashes 32 characters wide) dropped
+EXPS = "exp show --only-changed --drop '^(data|experiments)/|^(Created|State|Executor)$' --md"
 COPIED = ("dvc.yaml", "params.yaml", ".dvcignore", "recsys_core", "stages")
 PREPARED = "data/preprocessed/custom_min_rating0-min_uc3-min_sc2"
 OUTPUTS = ["interactions.parquet", "items.parquet", "users.parquet", "dataset_single_export.csv", "stats.json",
@@ -239,14 +244,16 @@ def test_dvc_repro_then_nothing_to_do(built, project):
 
     metrics = json.loads(dvc(project, "metrics", "show", "--json"))
     shown = {name for found in next(iter(metrics.values()))["data"].values() for name in found["data"]}
-    assert shown == {"val_ndcg@10", "test_ndcg@10", "test_recall@10", "gain@10", "gain_ci"}, shown
+    assert shown == {"val_ndcg@10", "test_ndcg@10", "test_recall@10", "gain@10", "gain_ci", "retriever_val_ndcg@10",
+                     "retriever_test_ndcg@10", "reranker_val_ndcg@10"}, shown  # fmt: skip
 
 
 def test_dvc_metrics_fit_a_screen_and_plots_render_offline(project):
     """`dvc metrics show` lists the headline numbers only; `recsys plots` renders every curve with Vega inline."""
     table = dvc(project, "metrics", "show")
-    assert "gain_ci" in table and "test_recall@10" in table and "val_hit_at_20" not in table
-    assert max(len(line) for line in table.splitlines()) <= 160, table
+    assert "gain_ci" in table and "retriever_test_ndcg@10" in table and "val_hit_at_20" not in table
+    print(table)
+    assert max(len(line) for line in table.splitlines()) <= 240, table
     printed = recsys(project, "plots")
     page = (project / "dvc_plots" / "index.html").read_text()
     assert "renders offline" in printed and "cdn.jsdelivr" not in page and "window.vegaEmbed" in page
@@ -387,9 +394,9 @@ def test_a_queued_sweep_runs_in_parallel_workers_against_the_tracking_server(pro
     import mlflow
 
     url, _ = tracking_server
-    for epochs in (2, 4):
-        dvc(project, "exp", "run", "--queue", "-n", f"epochs-{epochs}", "-S", f"retrieval.retrieval_epochs={epochs}",
-            tracking_uri=url)  # fmt: skip
+    sweep = {"lr-1e-3": 0.001, "lr-3e-2": 0.03}  # a setting that moves the retriever's numbers (3 epochs: 0.01)
+    for name, lr in sweep.items():
+        dvc(project, "exp", "run", "--queue", "-n", name, "-S", f"retrieval.retrieval_lr={lr}", tracking_uri=url)
     try:
         dvc(project, "queue", "start", "-j", "2", tracking_uri=url)
         deadline = time.monotonic() + 600
@@ -408,7 +415,14 @@ def test_a_queued_sweep_runs_in_parallel_workers_against_the_tracking_server(pro
     stages: dict[str, set] = {}
     for run in runs:
         stages.setdefault(run.data.tags.get("dvc.experiment"), set()).add(run.data.tags["stage"])
-    assert stages == {f"epochs-{n}": {"retrieval", "rerank", "pipeline"} for n in (2, 4)}, stages
+    assert stages == {name: {"retrieval", "rerank", "pipeline"} for name in sweep}, stages
     assert all(run.data.tags.get("dvc.baseline_rev") for run in runs)
     table = recsys(project, "compare", "--sweep", tracking_uri=url)
-    assert "epochs-2" in table and "epochs-4" in table and "two-stage - retrieval NDCG@10" in table, table
+    assert "lr-1e-3" in table and "lr-3e-2" in table and "two-stage - retrieval NDCG@10" in table, table
+    # `make exps`: DVC's own view of the sweep, the changed param and the headline numbers, one screen wide
+    exps = re.search(r"^exps:.*\n\t(.*)\n", (REPO / "Makefile").read_text(), re.M).group(1).replace("$$", "$")
+    assert EXPS in exps, exps
+    shown = dvc(project, *shlex.split(EXPS))
+    print(shown)
+    assert "retrieval.retrieval_lr" in shown and "lr-3e-2" in shown and "retriever_val_ndcg@10" in shown, shown
+    assert max(len(line) for line in shown.splitlines()) <= 220, shown  # a full-width terminal on a 1920-px screen

@@ -77,7 +77,10 @@ def test_clip_random_weights_image_and_text(clip_random, tmp_path):
     images = encode_images(model, preprocess, paths, batch_size=2, device="cpu", progress=False)
     assert images.shape == (3, 512) and images.dtype == np.float32 and unit_norm(images)
     assert not np.allclose(images[0], images[1])
-    np.testing.assert_array_equal(images, encode_images(model, preprocess, paths, 3, "cpu", progress=False))
+    # the same batches give the same bytes (the embedding files hash the same on every run); another batch size
+    # may round differently in the last bits (oneDNN picks its kernels by shape and load: seen 8e-8 in CI)
+    np.testing.assert_array_equal(images, encode_images(model, preprocess, paths, 2, "cpu", progress=False))
+    np.testing.assert_allclose(images, encode_images(model, preprocess, paths, 3, "cpu", progress=False), atol=1e-5)
     texts = ["a red shoe", "a blue lipstick", "a game controller"]
     encoded = encode_texts_clip(model, tokenizer, texts, batch_size=2, device="cpu", progress=False)
     assert encoded.shape == (3, 512) and encoded.dtype == np.float32 and unit_norm(encoded)

@@ -127,9 +127,36 @@ def test_train_pipeline_compare_and_serve(workdir, store, monkeypatch, capsys, r
     assert [len(a["items"]) for a in answer] == [4, 2]
     assert not {1, 2, 3} & set(answer[0]["items"]) and 5 not in answer[1]["items"]  # history is never recommended
     assert answer[0]["scores"] == sorted(answer[0]["scores"], reverse=True) and len(answer[0]["titles"]) == 4
+    check_ui_opens_on_the_runs(store, workdir, parent)
     if store.startswith("sqlite"):
         check_report_renders(workdir, pipeline.info.run_id, capsys)
         check_migration_to_server(store, request.getfixturevalue("tracking_server")[0], monkeypatch, capsys)
+
+
+def check_ui_opens_on_the_runs(store: str, workdir, parent) -> None:
+    """The MLflow UI (`make ui` on the embedded store, the tracking server's own) opens an experiment on its training
+    runs, headline metric columns shown, in headless Chromium with a fresh profile (nothing chosen yet)."""
+    import signal
+
+    from browser import page_dom
+
+    ui = None
+    if store.startswith("sqlite"):
+        port = free_port()
+        ui = subprocess.Popen([sys.executable, "-m", "stages.cli", "ui", "--port", str(port)], cwd=workdir,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        assert wait_until_answers(f"{base}/health", ui, 120), ui.stdout.read().decode()[-2000:]
+    else:
+        base = store
+    try:
+        dom = page_dom(f"{base}/#/experiments/{parent.info.experiment_id}")
+    finally:
+        if ui is not None:
+            os.killpg(ui.pid, signal.SIGTERM)  # mlflow server and its uvicorn: the session started for them
+            ui.wait(timeout=30)
+    assert parent.info.run_name in dom, "the experiment page does not list the training runs"
+    assert ">test/ndcg_at_10<" in dom and ">val/ndcg_at_10<" in dom, "no headline metric columns in the runs table"
 
 
 def check_report_renders(workdir, run_id: str, capsys) -> None:

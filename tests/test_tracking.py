@@ -159,3 +159,19 @@ def test_run_params_are_the_runs_own_groups_and_model_params_only_what_the_secti
     rerank = run_params(cfg, {"hidden": 64}, "rerank", "qwen3vl", uses_features=True)
     assert {p.split(".")[0] for p in rerank} == {"seed", "data", "training", "rerank", "candidates", "llm",
                                                  "features", "model"}  # fmt: skip
+
+
+def test_runs_log_cpu_and_memory_but_not_host_disk_and_network(workdir, monkeypatch):
+    """MLflow lists system metrics above the model's on a run's overview: only the ones about the training stay."""
+    from recsys_core import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.3")
+    with tracking.training_run(workdir, "custom", "monitored", {"x": 1}, {"stage": "test"}) as run:
+        import time
+
+        time.sleep(1.5)
+    logged = set(client().get_run(run.info.run_id).data.metrics)
+    system = {k for k in logged if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, logged
+    assert not {k for k in system if k.startswith(("system/disk", "system/network"))}, system
