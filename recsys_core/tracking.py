@@ -432,10 +432,37 @@ def close_orphans_of(client: Any, exp_id: str, name: str, tags: dict[str, str], 
     return closed
 
 
+class _HeldBack:
+    """A stop signal that arrived inside ``uninterrupted()``: raised when the write it interrupted has finished."""
+
+    depth = 0
+    signum: int | None = None
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold SIGTERM / SIGINT back while the main thread writes to the MLflow store, then act on them.
+
+    A stop raised in the middle of MLflow's SQLAlchemy session (the per-epoch metrics) leaves that session's SQLite
+    transaction open: SQLAlchemy discards a connection an exit exception went through without rolling it back, and
+    the exception's frames keep it alive, so ending the run as KILLED waited 20 s on "database is locked" and failed
+    (seen in 1 of about 15 stops during training). The write is milliseconds; the stop waits for it.
+    """
+    _HeldBack.depth += 1
+    try:
+        yield
+    finally:
+        _HeldBack.depth -= 1
+    if _HeldBack.depth == 0 and _HeldBack.signum is not None:
+        signum, _HeldBack.signum = _HeldBack.signum, None
+        raise Interrupted(signum)
+
+
 @contextmanager
 def stop_signals_raise() -> Iterator[None]:
-    """While a run is open, SIGTERM and SIGINT raise :class:`Interrupted` so the run can be ended cleanly; a second
-    signal during that cleanup kills the process at once (the next start closes the run then)."""
+    """While a run is open, SIGTERM and SIGINT raise :class:`Interrupted` so the run can be ended cleanly (inside
+    ``uninterrupted()``, once its write is done); a second signal during that cleanup kills the process at once (the
+    next start closes the run then)."""
     watched = (signal.SIGTERM, signal.SIGINT)
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -451,6 +478,9 @@ def stop_signals_raise() -> Iterator[None]:
     def stop(signum: int, frame: Any) -> None:
         for each in caught:
             signal.signal(each, force)
+        if _HeldBack.depth:
+            _HeldBack.signum = signum
+            return
         raise Interrupted(signum)
 
     for signum in caught:
@@ -458,6 +488,7 @@ def stop_signals_raise() -> Iterator[None]:
     try:
         yield
     finally:
+        _HeldBack.signum = None  # a stop held back by a write that then failed: that failure ended the run
         for signum in caught:
             handler = previous[signum]
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
@@ -596,6 +627,7 @@ def epoch_logger(prefix: str = "") -> Any:
             # Curves: `epoch_val/...`, `train/...`; the final `val/...` and `test/...` are logged once at the end.
             name = "epoch_val/" + key[4:] if key.startswith("val_") else f"train/{key}"
             metrics[prefix + name] = float(value)
-        mlflow.log_metrics(metrics, step=epoch)
+        with uninterrupted():
+            mlflow.log_metrics(metrics, step=epoch)
 
     return log_epoch

@@ -93,6 +93,7 @@ def build(cfg: Config) -> SimpleNamespace:
         reranker=f"{registered['reranker.method']} v{registered['reranker.version']}",
         two_stage=f"{registered['two_stage_name']} v{registered['two_stage_version']}", run_id=run_id,
         retrieval_top_k=cfg.retrieval.retrieval_top_k, rerank_top_k=cfg.rerank.rerank_top_k, users=users_n, ks=ks,
+        fusion=content.fusion_sentence(metrics.get("fusion_weight")),
         metrics=("ndcg", "recall", "hit"), metric_names={"ndcg": "NDCG", "recall": "Recall", "hit": "Hit"},
         resamples=RESAMPLES,
         deltas=[(f"NDCG@{k}", delta_of(metrics, f"ndcg_at_{k}", users_n)),

@@ -44,3 +44,11 @@ def test_per_user_files_of_different_users_are_refused():
     assert [list(x) for x in got] == [[4, 5], [0.1, 0.2], [0.1, 0.2]]
     with pytest.raises(ValueError, match="same users and targets"):
         content.paired_frames(a, b, lengths, "ndcg_at_10")
+
+
+def test_the_report_says_what_the_tuned_fusion_did():
+    from recsys_core.report.content import fusion_sentence
+
+    assert "keep the retriever's order" in fusion_sentence("retrieval")
+    assert "reranker's order" in fusion_sentence(0.0) and "weight 8," in fusion_sentence(8.0)
+    assert fusion_sentence(None) == ""

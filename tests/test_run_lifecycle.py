@@ -300,3 +300,21 @@ def test_train_pipeline_passes_ctrl_c_to_its_stage_once(workdir):
     out = proc.communicate(timeout=WAIT_S)[0]
     assert proc.returncode == 128 + signal.SIGINT, out[-4000:]
     assert (workdir / "sleeper.got").read_text() == str(int(signal.SIGINT))
+
+
+def test_a_stop_during_an_mlflow_write_waits_for_the_write():
+    """A stop inside `uninterrupted()` (the per-epoch metrics write) is raised when the block ends, not inside it:
+    raised mid-write, it left the SQLite transaction open and the run could not be ended (database is locked)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    done = []
+    with pytest.raises(tracking.Interrupted) as stopped:
+        with tracking.stop_signals_raise():
+            with tracking.uninterrupted():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler has run by now
+                done.append("the write finished")
+            done.append("after the write")  # not reached: the held stop is raised as the block ends
+    assert done == ["the write finished"] and stopped.value.signum == signal.SIGTERM

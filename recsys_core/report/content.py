@@ -87,3 +87,17 @@ def at_k_rows(metrics: dict[str, float], split: str, ks: Sequence[int], baseline
         rows[label] = {f"{m}_at_{k}": metrics[f"{prefix}/{m}_at_{k}"] for m in ("ndcg", "recall", "hit") for k in ks
                        if f"{prefix}/{m}_at_{k}" in metrics}  # fmt: skip
     return rows
+
+
+def fusion_sentence(weight: float | str | None) -> str:
+    """What the score fusion tuned on validation did to the reranker's order (``rerank/fusion.py``)."""
+    if weight is None:
+        return ""
+    if weight == "retrieval":
+        return ("The fusion weight tuned on validation is \"retrieval\": the reranker did not beat the retrieval order "
+                "on the validation lists, so the two-stage lists keep the retriever's order (ties broken by the "
+                "reranker).")  # fmt: skip
+    if float(weight) == 0:
+        return "The fusion weight tuned on validation is 0: the two-stage lists are in the reranker's order."
+    return (f"The reranker's score is fused with the retriever's (retrieval weight {float(weight):g}, tuned on "
+            "validation; both standardised within each list).")  # fmt: skip
