@@ -4,7 +4,11 @@ dropout 0.2, max_len 200, early stopping patience 10 on validation NDCG@10), tra
 Prints seconds per epoch, epochs to the best, evaluation throughput (user-item scores per second), peak memory and
 the test Recall / NDCG / Hit at 5/10/20 (full ranking, all users). Needs the prepared ML-100K (`make run`).
 
-    .venv/bin/python bench/retrieval.py [--epochs 200] [--device auto]
+    .venv/bin/python bench/retrieval.py [--epochs 200] [--device auto] [--seed 42] [--batches bucketed]
+
+`--batches random` trains on plain shuffled batches, as the published LRURec code does, instead of the platform's
+batches of similar length (`batching.bucketed_batches`, less padding; with the per-batch mean loss their short
+windows' targets weigh more): the comparison behind one suspect for the ML-1M gap (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +45,23 @@ PUBLISHED = {
 }
 
 
+def random_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 0) -> list[np.ndarray]:
+    """Shuffled batches of any lengths (the published LRURec data loader's), in an order fixed by ``rng``."""
+    order = rng.permutation(len(lengths))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=200, help="upper bound; early stopping usually ends sooner")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batches", choices=("bucketed", "random"), default="bucketed")
     args = parser.parse_args()
+    if args.batches == "random":
+        import recsys_core.retrieval.base as retrieval_base
+
+        retrieval_base.bucketed_batches = random_batches
 
     cfg = load_config(ROOT / "params.yaml", {**PUBLISHED, "retrieval_epochs": args.epochs, "device": args.device,
                                              "seed": args.seed, "dataset_code": "ml-100k"})  # fmt: skip
@@ -73,7 +89,8 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
 
-    print(f"LRURec on ML-100K ({dataset.n_users} users, {dataset.n_items} items), published settings, device {device}")
+    print(f"LRURec on ML-100K ({dataset.n_users} users, {dataset.n_items} items), published settings, device {device}, "
+          f"seed {cfg.seed}, {args.batches} batches")  # fmt: skip
     print(f"  seconds per epoch (train)   {epoch_s:.2f}  (+ {history.epochs[0]['eval_seconds']:.2f} s validation)")
     print(f"  epochs run / best epoch     {len(history.epochs)} / {history.best_epoch}"
           f"{' (early stopped)' if history.stopped_early else ''}")  # fmt: skip
