@@ -5,7 +5,8 @@ experiment's ``mlflow.experimentKind`` tag, and its runs table shows source, mod
 hidden behind "Show more columns". Both are browser settings (localStorage), not server ones. This app is MLflow's
 server app (``mlflow.server.fastapi_app:app``, unchanged) plus one script, loaded by the UI's page before MLflow's
 bundle, that answers those two settings while the browser has none stored: the "Model training" view, and a runs
-table with the headline metrics (and no assistant panel opening by itself). Whatever a user picks in the UI is stored by MLflow as usual and wins from then on.
+table with the headline metrics (and no assistant panel opening by itself). Whatever a user picks in the UI is
+stored by MLflow as usual and wins from then on.
 
 Registered as the MLflow app plugin ``seqrerank`` (pyproject's ``mlflow.app`` entry point), so that it is started as
 ``mlflow server --app-name seqrerank ...`` with every option of MLflow's server.
