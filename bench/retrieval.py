@@ -4,11 +4,10 @@ dropout 0.2, max_len 200, early stopping patience 10 on validation NDCG@10), tra
 Prints seconds per epoch, epochs to the best, evaluation throughput (user-item scores per second), peak memory and
 the test Recall / NDCG / Hit at 5/10/20 (full ranking, all users). Needs the prepared ML-100K (`make run`).
 
-    .venv/bin/python bench/retrieval.py [--epochs 200] [--device auto] [--seed 42] [--batches bucketed]
+    .venv/bin/python bench/retrieval.py [--epochs 200] [--device auto] [--seed 42] [--batch_order random]
 
-`--batches random` trains on plain shuffled batches, as the published LRURec code does, instead of the platform's
-batches of similar length (`batching.bucketed_batches`, less padding; with the per-batch mean loss their short
-windows' targets weigh more): the comparison behind one suspect for the ML-1M gap (docs/benchmarks.md).
+`--batch_order random` (the default) trains on plain shuffled batches, as the published LRURec code does, `length` on
+batches of similar length (less padding); bench/batch_order.py compares them over seeds, with paired intervals.
 """
 
 from __future__ import annotations
@@ -19,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recsys_core.batching import BATCH_ORDERS  # noqa: E402
 from recsys_core.config import load_config  # noqa: E402
 from recsys_core.data.store import DataPaths, Sequences, load_prepared  # noqa: E402
 from recsys_core.evaluation import evaluate_full_ranking, split_inputs  # noqa: E402
@@ -45,23 +44,13 @@ PUBLISHED = {
 }
 
 
-def random_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 0) -> list[np.ndarray]:
-    """Shuffled batches of any lengths (the published LRURec data loader's), in an order fixed by ``rng``."""
-    order = rng.permutation(len(lengths))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=200, help="upper bound; early stopping usually ends sooner")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--batches", choices=("bucketed", "random"), default="bucketed")
+    parser.add_argument("--batch_order", choices=BATCH_ORDERS, default="random", help="retrieval.retrieval_batch_order")
     args = parser.parse_args()
-    if args.batches == "random":
-        import recsys_core.retrieval.base as retrieval_base
-
-        retrieval_base.bucketed_batches = random_batches
 
     cfg = load_config(ROOT / "params.yaml", {**PUBLISHED, "retrieval_epochs": args.epochs, "device": args.device,
                                              "seed": args.seed, "dataset_code": "ml-100k"})  # fmt: skip
@@ -72,7 +61,8 @@ def main() -> None:
     seed_everything(cfg.seed)
     retriever = LRURec(dataset.n_items, LRURec.hyperparameters(cfg, "ml-100k"), device)
     settings = LoopSettings(epochs=args.epochs, lr=cfg.retrieval.retrieval_lr, patience=cfg.retrieval.retrieval_patience,
-                            batch_size=cfg.retrieval.batch_size_retrieval, seed=cfg.seed, monitor="ndcg_at_10")  # fmt: skip
+                            batch_size=cfg.retrieval.batch_size_retrieval, seed=cfg.seed, monitor="ndcg_at_10",
+                            batch_order=args.batch_order)  # fmt: skip
     began = time.perf_counter()
     history = retriever.fit(seqs, settings, ks=(5, 10, 20))
     wall = time.perf_counter() - began
@@ -90,7 +80,7 @@ def main() -> None:
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
 
     print(f"LRURec on ML-100K ({dataset.n_users} users, {dataset.n_items} items), published settings, device {device}, "
-          f"seed {cfg.seed}, {args.batches} batches")  # fmt: skip
+          f"seed {cfg.seed}, batch order {args.batch_order}")  # fmt: skip
     print(f"  seconds per epoch (train)   {epoch_s:.2f}  (+ {history.epochs[0]['eval_seconds']:.2f} s validation)")
     print(f"  epochs run / best epoch     {len(history.epochs)} / {history.best_epoch}"
           f"{' (early stopped)' if history.stopped_early else ''}")  # fmt: skip

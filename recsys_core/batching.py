@@ -1,8 +1,11 @@
-"""Training sequences for sequential models: sliding windows over long histories, batches of similar length."""
+"""Training sequences for sequential models: sliding windows over long histories, and the order of an epoch's
+batches (``training.batch_order``): plain shuffled batches, or batches of similar length."""
 
 from __future__ import annotations
 
 import numpy as np
+
+BATCH_ORDERS = ("random", "length")
 
 
 def training_windows(sequences: list[np.ndarray], max_len: int, step_share: float) -> list[np.ndarray]:
@@ -36,3 +39,18 @@ def bucketed_batches(
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def random_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of any lengths (the published LRURec and BERT4Rec loaders'), in an order fixed by ``rng``."""
+    order = rng.permutation(len(lengths))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, order: str) -> list[np.ndarray]:
+    """One epoch's batches in ``order``: ``random`` (padded to each batch's longest sequence) or ``length``."""
+    if order == "random":
+        return random_batches(lengths, batch_size, rng)
+    if order == "length":
+        return bucketed_batches(lengths, batch_size, rng)
+    raise ValueError(f"batch order {order!r} is not one of {', '.join(BATCH_ORDERS)}")

@@ -116,6 +116,9 @@ class RetrievalConfig(Section):
     batch_size_retrieval: int = Field(128, ge=1)
     retrieval_patience: int = Field(10, ge=1)
     retrieval_top_k: int = Field(200, ge=1)
+    retrieval_batch_order: Literal["random", "length"] = Field(
+        "random", description="LRURec's batches: random (as published) or of similar length (faster, measured worse)"
+    )
 
 
 class VBPRConfig(Section):

@@ -65,6 +65,7 @@ class LoopSettings:
     checkpoint_dir: Path | None = None
     fingerprint: str = ""  # config + data identity; a checkpoint with another fingerprint is not resumed
     gradient_accumulation_steps: int = 1  # optimizer step every this many batches (and after an epoch's last one)
+    batch_order: str = "random"  # sliding-window retrievers: "random" or "length" (batching.epoch_batches)
 
 
 @dataclass

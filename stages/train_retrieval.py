@@ -62,6 +62,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
     settings = loop_settings(
         cfg, epochs=r.retrieval_epochs, lr=r.retrieval_lr, patience=r.retrieval_patience,
         batch_size=r.batch_size_retrieval, checkpoint_dir=out / "checkpoint", fingerprint=train_id,
+        batch_order=r.retrieval_batch_order,
     )  # fmt: skip
     tags = {**run_tags(root, cfg, "retrieval", method, device, prepared, data_tags, train_id),
             lineage.PROTOCOL_TAG: "full ranking"}  # fmt: skip

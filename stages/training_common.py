@@ -55,12 +55,13 @@ def fingerprint(cfg: Config, sections: dict[str, Any], hparams: dict, data_md5: 
 
 
 def loop_settings(cfg: Config, *, epochs: int, lr: float, patience: int, batch_size: int, checkpoint_dir: Path,
-                  fingerprint: str) -> LoopSettings:  # fmt: skip
+                  fingerprint: str, batch_order: str = "random") -> LoopSettings:  # fmt: skip
     t = cfg.training
     return LoopSettings(epochs=epochs, lr=lr, patience=patience, monitor=t.monitor, grad_clip=t.grad_clip,
                         mixed_precision=t.mixed_precision, seed=cfg.seed, batch_size=batch_size, resume=t.resume,
                         checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
-                        gradient_accumulation_steps=t.gradient_accumulation_steps)  # fmt: skip
+                        gradient_accumulation_steps=t.gradient_accumulation_steps,
+                        batch_order=batch_order)  # fmt: skip
 
 
 STAGE_SECTIONS = {"retrieval": ("seed", "data", "training", "retrieval"),

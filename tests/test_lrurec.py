@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import cyclic_rows, raw_dataset, tiny_config
 
-from recsys_core.batching import bucketed_batches, training_windows
+from recsys_core.batching import BATCH_ORDERS, bucketed_batches, epoch_batches, training_windows
 from recsys_core.config import DataConfig
 from recsys_core.data.preprocess import preprocess
 from recsys_core.data.store import Sequences
@@ -115,6 +115,41 @@ def test_bucketed_batches_cover_every_sequence_once():
     batches = bucketed_batches(lengths, 32, np.random.default_rng(1), pool=4)
     assert sorted(np.concatenate(batches).tolist()) == list(range(300))
     assert bucketed_batches(lengths, 32, np.random.default_rng(1), pool=4)[0].tolist() == batches[0].tolist()
+
+
+@pytest.mark.parametrize("order", BATCH_ORDERS)
+def test_every_batch_order_covers_every_sequence_once(order):
+    lengths = np.random.default_rng(0).integers(2, 50, 300)
+    batches = epoch_batches(lengths, 32, np.random.default_rng(1), order)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(300))
+    assert max(len(b) for b in batches) == 32
+    with pytest.raises(ValueError, match="'sorted' is not one of random, length"):
+        epoch_batches(lengths, 32, np.random.default_rng(1), "sorted")
+
+
+@pytest.mark.parametrize("order", BATCH_ORDERS)
+def test_length_batches_weigh_every_target_the_same(order):
+    """Over an epoch, the losses the loop gets from batches of similar length add up to the number of batches times
+    the mean loss of all the epoch's targets: a target in a short batch counts as much as one in a long batch. With
+    random batches the loss is each batch's mean, as published."""
+    ds = cyclic_dataset()
+    retriever = LRURec(ds.n_items, LRURec.hyperparameters(tiny_config(), "ml-100k"))
+    retriever.model.eval()  # no dropout: the same batch gives the same loss
+    settings = LoopSettings(epochs=1, lr=0.01, patience=1, batch_size=8, batch_order=order)
+    task = retriever.training_task(Sequences.from_dataset(ds), settings)
+    batches = list(task.batches(0, np.random.default_rng(0)))
+    targets = [int((labels > 0).sum()) for _, labels in batches]
+    assert len(set(targets)) > 3  # batches hold different numbers of targets
+    with torch.no_grad():
+        means = torch.stack([retriever.loss(b) for b in batches])
+        given = torch.stack([task.loss(b) for b in batches])
+    per_target = float((means * torch.tensor(targets)).sum() / sum(targets))
+    if order == "length":
+        assert float(given.sum()) == pytest.approx(len(batches) * per_target, rel=1e-5)
+        share = torch.tensor(targets) / (sum(targets) / len(batches))
+        assert torch.allclose(given, means * share, rtol=1e-5)  # each batch weighs by its share of the targets
+    else:
+        assert torch.equal(given, means)
 
 
 def cyclic_dataset():

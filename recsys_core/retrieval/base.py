@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_core.batching import bucketed_batches, training_windows
+from recsys_core.batching import epoch_batches, training_windows
 from recsys_core.data.store import Sequences
 from recsys_core.evaluation import evaluate_full_ranking, split_inputs
 from recsys_core.features.store import FeatureSet
 from recsys_core.model_base import SavedModel
-from recsys_core.training import EpochCallback, History, LoopSettings, fit
+from recsys_core.training import EpochCallback, History, LoopSettings, TrainTask, fit
 
 
 @dataclass
@@ -61,7 +61,8 @@ class SequentialRetriever(Retriever):
     with a next-item loss at every position (LRURec; SASRec-like models)."""
 
     @abstractmethod
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor: ...
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean next-item loss over the batch's real (non-padding) targets."""
 
     @abstractmethod
     def score_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -81,11 +82,20 @@ class SequentialRetriever(Retriever):
 
     def fit(self, seqs: Sequences, settings: LoopSettings, callbacks: Sequence[EpochCallback] = (),
             eval_batch_size: int = 256, ks: Sequence[int] = (5, 10, 20)) -> History:  # fmt: skip
+        return fit(self.training_task(seqs, settings, eval_batch_size, ks), settings, self.device, callbacks)
+
+    def training_task(self, seqs: Sequences, settings: LoopSettings, eval_batch_size: int = 256,
+                      ks: Sequence[int] = (5, 10, 20)) -> TrainTask:  # fmt: skip
+        """What the shared loop trains: windows of the train sequences in ``settings.batch_order``, the loss,
+        validation."""
         windows = training_windows(seqs.train[1:], self.hparams["max_len"], self.hparams["sliding_window"])
         if not windows:
             raise ValueError("no training sequence has two or more items")
         val_inputs = split_inputs(seqs, "val")
         lengths = np.array([len(w) for w in windows])
+        # Batches of similar length hold from a few to hundreds of targets: their mean loss, rescaled by the batch's
+        # share of the epoch's targets, gives every target the same weight, as random batches do on average.
+        mean_targets = (lengths - 1).sum() / -(-len(lengths) // settings.batch_size)
         retriever = self
 
         class Task:
@@ -95,7 +105,7 @@ class SequentialRetriever(Retriever):
                 return torch.optim.AdamW(retriever.parameter_groups(), lr=lr, eps=1e-9)
 
             def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-                for chunk_ids in bucketed_batches(lengths, settings.batch_size, rng):
+                for chunk_ids in epoch_batches(lengths, settings.batch_size, rng, settings.batch_order):
                     chunk = [windows[i] for i in chunk_ids]
                     length = max(len(w) for w in chunk) - 1
                     tokens = retriever.left_pad([w[:-1] for w in chunk], length)
@@ -103,9 +113,11 @@ class SequentialRetriever(Retriever):
                     yield tokens, labels
 
             def loss(self, batch):
-                return retriever.loss(batch)
+                if settings.batch_order == "random":  # as published: the mean over the batch's targets
+                    return retriever.loss(batch)
+                return retriever.loss(batch) * ((batch[1] > 0).sum() / mean_targets)
 
             def validate(self) -> dict[str, float]:
                 return retriever.validation_metrics(val_inputs, ks, eval_batch_size)
 
-        return fit(Task(), settings, self.device, callbacks)
+        return Task()
