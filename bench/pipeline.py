@@ -67,8 +67,11 @@ def train_retriever(cfg, dataset, prepared, seqs, device, out: Path, args) -> tu
     seed_everything(cfg.seed)
     retriever = LRURec(dataset.n_items, LRURec.hyperparameters(cfg, cfg.data.dataset_code), device)
     # A checkpoint after every epoch: a long CPU run (ML-1M) can be stopped and resumed by running the bench again.
-    settings = LoopSettings(epochs=args.retrieval_epochs, lr=1e-3, patience=args.retrieval_patience, batch_size=128, seed=cfg.seed,
-                            checkpoint_dir=out.with_name("lrurec-checkpoint"), fingerprint=data_version(prepared))  # fmt: skip
+    # The fingerprint names the batch order: a checkpoint of the length batches used before 2026-12-01 is not resumed.
+    order = cfg.retrieval.retrieval_batch_order
+    settings = LoopSettings(epochs=args.retrieval_epochs, lr=1e-3, patience=args.retrieval_patience, batch_size=128,
+                            seed=cfg.seed, checkpoint_dir=out.with_name("lrurec-checkpoint"), batch_order=order,
+                            fingerprint=f"{data_version(prepared)} {order} batches")  # fmt: skip
     history = retriever.fit(seqs, settings)
     print(f"LRURec: best epoch {history.best_epoch} of {len(history.epochs)}; {epoch_timings(history.epochs)}")
     retriever.save(out)
