@@ -51,9 +51,15 @@ def child_env(root: Path) -> dict[str, str]:
             "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # fmt: skip
 
 
+def as_from_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: the stages keep an ignored SIGINT ignored (nohup, a background job of a
+    script: `cmd &` in a non-interactive shell), so a suite started that way must not pass that on to them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(root: Path, argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *argv], cwd=root, env=child_env(root), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=as_from_a_terminal)  # fmt: skip
 
 
 def wait_for(check, proc: subprocess.Popen, what: str):
@@ -294,7 +300,8 @@ def test_train_pipeline_passes_ctrl_c_to_its_stage_once(workdir):
     (twice, and it would die before ending its own run; subprocess.run would SIGKILL it)."""
     (workdir / "sleeper.py").write_text(SLEEPER)
     proc = subprocess.Popen([sys.executable, "-c", PIPELINE], cwd=workdir, env=child_env(workdir),
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=as_from_a_terminal)  # fmt: skip
     wait_for((workdir / "sleeper.ready").exists, proc, "the stage's start")
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
     out = proc.communicate(timeout=WAIT_S)[0]
