@@ -1,5 +1,5 @@
 """Training sequences for sequential models: sliding windows over long histories, and the order of an epoch's
-batches (``training.batch_order``): plain shuffled batches, or batches of similar length."""
+batches (LRURec's ``retrieval.retrieval_batch_order``): plain shuffled batches, or batches of similar length."""
 
 from __future__ import annotations
 
