@@ -1,4 +1,4 @@
-"""Benchmark: does the order of LRURec's training batches (`training.batch_order`) change its test metrics?
+"""Benchmark: does the order of LRURec's training batches (`retrieval.retrieval_batch_order`) change its test metrics?
 
 Trains LRURec on the prepared ML-100K with the published settings of bench/retrieval.py once per batch order and
 seed, and prints test NDCG / Recall at 10 and 20 (full ranking, all users) as mean ± sd over seeds, the seconds per
@@ -9,8 +9,8 @@ the users stay paired).
 Orders: `random` (plain shuffled batches, per-batch mean loss: the published loader and the platform's default),
 `length` (batches of similar length, every target weighted the same), `length-batch-mean` (batches of similar length
 with the per-batch mean loss: the platform's LRURec training before 2026-12-01, whose short batches weigh their
-targets up to 3.8x more). Results are saved under --out as each training ends and read back from there, so several processes
-(one per order, say) can share one --out and a last call prints the table.
+targets up to 3.8x more). Results are saved under --out as each training ends and read back from there, so several
+processes (one per order, say) can share one --out and a last call prints the table.
 
     .venv/bin/python bench/batch_order.py --out /tmp/batch_order [--orders random length length-batch-mean]
         [--seeds 42 43 44] [--epochs 500] [--device auto]
@@ -84,7 +84,8 @@ def result(order: str, seed: int, out: Path, epochs: int, device: str) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         fresh["per_user"].to_csv(table.with_suffix(".tmp"), index=False, float_format="%.6g")
         table.with_suffix(".tmp").rename(table)
-        summary.write_text(json.dumps(fresh["summary"], indent=2) + "\n")
+        summary.with_suffix(".part").write_text(json.dumps(fresh["summary"], indent=2) + "\n")
+        summary.with_suffix(".part").rename(summary)  # written last: its presence says the result is whole
         print(f"  {name}: test NDCG@10 {fresh['summary']['test']['ndcg_at_10']:.4f}", flush=True)
     return {"summary": json.loads(summary.read_text()), "per_user": pd.read_csv(table).set_index("user_id")}
 
