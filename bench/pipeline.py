@@ -37,6 +37,7 @@ from recsys_core.config import LTR_FEATURES, load_config  # noqa: E402
 from recsys_core.data.store import DataPaths, Sequences, load_prepared  # noqa: E402
 from recsys_core.evaluation import split_inputs  # noqa: E402
 from recsys_core.features.store import FeatureSet  # noqa: E402
+from recsys_core.io import write_json  # noqa: E402
 from recsys_core.lineage import data_version  # noqa: E402
 from recsys_core.pipeline import TwoStage  # noqa: E402
 from recsys_core.rerank.bert4rec import BERT4Rec  # noqa: E402
@@ -48,6 +49,7 @@ from recsys_core.retrieval.lrurec import LRURec  # noqa: E402
 from recsys_core.training import LoopSettings, resolve_device, seed_everything  # noqa: E402
 
 KS = (5, 10, 20)
+TRAINED_ON = "trained_on.json"  # beside the saved LRURec: its data version and batch order
 VARIANTS = ("bert4rec_cloze", "bert4rec_list", "bert4rec_cloze_list", "ltr", "ltr_models", "ltr_ablation")
 
 
@@ -62,19 +64,26 @@ def epoch_timings(epochs: list[dict]) -> str:
 
 def train_retriever(cfg, dataset, prepared, seqs, device, out: Path, args) -> tuple[LRURec, float]:
     began = time.perf_counter()
+    order = cfg.retrieval.retrieval_batch_order
+    # What the saved model was trained on: --reuse refuses a model of other data (ids would not mean the same items).
+    trained_on = {"data_version": data_version(prepared), "batch_order": order}
     if args.reuse and (out / "model.safetensors").exists():
+        saved = json.loads((out / TRAINED_ON).read_text()) if (out / TRAINED_ON).exists() else None
+        if saved != trained_on:
+            sys.exit(f"--reuse: the LRURec in {out} was trained on {saved or 'unrecorded data'}, this run's data is "
+                     f"{trained_on}: run without --reuse to train it again")  # fmt: skip
         return LRURec.load(out, device), 0.0
     seed_everything(cfg.seed)
     retriever = LRURec(dataset.n_items, LRURec.hyperparameters(cfg, cfg.data.dataset_code), device)
     # A checkpoint after every epoch: a long CPU run (ML-1M) can be stopped and resumed by running the bench again.
     # The fingerprint names the batch order: a checkpoint of the length batches used before 2026-12-01 is not resumed.
-    order = cfg.retrieval.retrieval_batch_order
     settings = LoopSettings(epochs=args.retrieval_epochs, lr=1e-3, patience=args.retrieval_patience, batch_size=128,
                             seed=cfg.seed, checkpoint_dir=out.with_name("lrurec-checkpoint"), batch_order=order,
-                            fingerprint=f"{data_version(prepared)} {order} batches")  # fmt: skip
+                            fingerprint=f"{trained_on['data_version']} {order} batches")  # fmt: skip
     history = retriever.fit(seqs, settings)
     print(f"LRURec: best epoch {history.best_epoch} of {len(history.epochs)}; {epoch_timings(history.epochs)}")
     retriever.save(out)
+    write_json(out / TRAINED_ON, trained_on)
     return retriever, time.perf_counter() - began
 
 
