@@ -93,12 +93,11 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, min_uc: int, min_sc: int) -
 def _dense_order(raw_ids: np.ndarray, listed: pd.Series | None = None) -> np.ndarray:
     """Raw ids in the order they are ``listed`` in (a source whose raw ids are not its own ids, listed in their
     order), else sorted numerically when they are all integers (ML ids), else as text: a stable id assignment.
-    Ids missing from ``listed`` come after the listed ones, as text."""
+    Ids missing from ``listed`` come after the listed ones, in the unlisted order."""
     if listed is not None:
-        rank = pd.Index(listed.astype(str)).get_indexer(raw_ids.astype(str)).astype(np.int64)
-        unlisted = rank < 0
-        rank[unlisted] = len(listed) + np.argsort(np.argsort(raw_ids[unlisted].astype(str), kind="stable"))
-        return raw_ids[np.argsort(rank, kind="stable")]
+        position = pd.Index(listed.astype(str)).get_indexer(raw_ids.astype(str))
+        known = raw_ids[position >= 0][np.argsort(position[position >= 0], kind="stable")]
+        return np.concatenate([known, _dense_order(raw_ids[position < 0])])
     as_int = pd.to_numeric(pd.Series(raw_ids), errors="coerce")
     if not as_int.isna().any():
         return raw_ids[np.argsort(as_int.to_numpy(), kind="stable")]
