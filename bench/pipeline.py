@@ -7,7 +7,9 @@ each variant reorders the first `--rerank_top_k`:
 - `bert4rec list (+fusion)` / `cloze_list`: BERT4Rec trained on the retriever's lists for train prefixes (`bert_objective`),
   alone or with the cloze loss;
 - `ltr`: LightGBM lambdarank on every feature family, `ltr -FAMILY` without each one, and `ltr + bert4rec cloze scores`
-  (family `models`: the cloze BERT4Rec's score and rank of each candidate).
+  (family `models`: the cloze BERT4Rec's score and rank of each candidate);
+- `ltr_shifted`: `ltr` trained on the validation lists and the lists of `--ltr_shifts` earlier steps, each retrieved
+  and described by a shadow LRURec trained (same settings) on the split moved that many steps earlier.
 Prints one table: validation NDCG@10 (cross-fitted for ltr, in-sample for the fusion weight), test NDCG / Recall
 at 5/10/20 over all users (a true item outside the list is a miss), the
 NDCG@10 and Recall@10 differences against retrieval with their 95% paired bootstrap interval (users resampled,
@@ -50,7 +52,8 @@ from recsys_core.training import LoopSettings, resolve_device, seed_everything  
 
 KS = (5, 10, 20)
 TRAINED_ON = "trained_on.json"  # beside the saved LRURec: its data version and batch order
-VARIANTS = ("bert4rec_cloze", "bert4rec_list", "bert4rec_cloze_list", "ltr", "ltr_models", "ltr_ablation")
+VARIANTS = ("bert4rec_cloze", "bert4rec_list", "bert4rec_cloze_list", "ltr", "ltr_models", "ltr_ablation",
+            "ltr_shifted")  # fmt: skip
 
 
 def epoch_timings(epochs: list[dict]) -> str:
@@ -62,11 +65,13 @@ def epoch_timings(epochs: list[dict]) -> str:
             + f"; {total / 60:.1f} min wall for all epochs with validation")  # fmt: skip
 
 
-def train_retriever(cfg, dataset, prepared, seqs, device, out: Path, args) -> tuple[LRURec, float]:
+def train_retriever(cfg, dataset, prepared, seqs, device, out: Path, args, shift: int = 0) -> tuple[LRURec, float]:
+    """LRURec with its published settings on ``seqs`` (``shift`` > 0: a shadow trained on the split moved that many
+    steps earlier, for ltr's shifted training lists)."""
     began = time.perf_counter()
     order = cfg.retrieval.retrieval_batch_order
     # What the saved model was trained on: --reuse refuses a model of other data (ids would not mean the same items).
-    trained_on = {"data_version": data_version(prepared), "batch_order": order}
+    trained_on = {"data_version": data_version(prepared), "batch_order": order} | ({"shift": shift} if shift else {})
     if args.reuse and (out / "model.safetensors").exists():
         saved = json.loads((out / TRAINED_ON).read_text()) if (out / TRAINED_ON).exists() else None
         if saved != trained_on:
@@ -79,9 +84,11 @@ def train_retriever(cfg, dataset, prepared, seqs, device, out: Path, args) -> tu
     # The fingerprint names the batch order: a checkpoint of the length batches used before 2026-12-01 is not resumed.
     settings = LoopSettings(epochs=args.retrieval_epochs, lr=1e-3, patience=args.retrieval_patience, batch_size=128,
                             seed=cfg.seed, checkpoint_dir=out.with_name("lrurec-checkpoint"), batch_order=order,
-                            fingerprint=f"{trained_on['data_version']} {order} batches")  # fmt: skip
+                            fingerprint=f"{trained_on['data_version']} {order} batches"
+                                        + (f" shift {shift}" if shift else ""))  # fmt: skip
     history = retriever.fit(seqs, settings)
-    print(f"LRURec: best epoch {history.best_epoch} of {len(history.epochs)}; {epoch_timings(history.epochs)}")
+    name = f"LRURec (shift {shift})" if shift else "LRURec"
+    print(f"{name}: best epoch {history.best_epoch} of {len(history.epochs)}; {epoch_timings(history.epochs)}")
     retriever.save(out)
     write_json(out / TRAINED_ON, trained_on)
     return retriever, time.perf_counter() - began
@@ -107,13 +114,14 @@ def bert4rec(
     return model, time.perf_counter() - began
 
 
-def ltr(cfg, families, dataset, seqs, val, device, retriever, prepared, models=None) -> tuple[LTRReranker, float]:
+def ltr(cfg, families, dataset, seqs, val, device, retriever, prepared, models=None,
+        shadows=None) -> tuple[LTRReranker, float]:  # fmt: skip
     hparams = {**LTRReranker.hyperparameters(cfg, cfg.data.dataset_code), "features": list(families),
-               "models": sorted(models or {})}  # fmt: skip
+               "models": sorted(models or {}), "shifted_splits": len(shadows or {})}  # fmt: skip
     began = time.perf_counter()
     model = LTRReranker.from_data(dataset.n_items, hparams, device, dataset.items,
                                   FeatureSet(prepared, cfg.features, dataset.items))  # fmt: skip
-    model.attach(retriever=retriever, models=models)
+    model.attach(retriever=retriever, models=models, shadows=shadows)
     model.fit(seqs, val, LoopSettings(epochs=1, lr=0.0, patience=1, seed=cfg.seed), ks=KS)  # LightGBM: own loop
     return model, time.perf_counter() - began
 
@@ -134,6 +142,8 @@ def main() -> None:
     parser.add_argument("--bert_dropout", type=float, default=0.1)
     parser.add_argument("--retrieval_top_k", type=int, default=200)
     parser.add_argument("--rerank_top_k", type=int, default=50)
+    parser.add_argument("--ltr_shifts", type=int, default=1,
+                        help="ltr_shifted: shadow LRURecs trained on the split moved 1..N steps earlier")  # fmt: skip
     parser.add_argument("--device", default="auto")
     parser.add_argument("--reuse", action="store_true", help="reuse the LRURec of an earlier run (bench/out/)")
     parser.add_argument("--tie_order", choices=("file", "item_id", "shuffle"), default="file",
@@ -191,6 +201,17 @@ def main() -> None:
             weight, _ = tune_weight(model, val, "ndcg_at_10", KS)
             add(f"ltr + fusion (w {weight_label(weight)})",
                 evaluate_lists(model.score, test, KS, fusion_weight=weight), seconds, model, weight)  # fmt: skip
+    if "ltr_shifted" in args.variants:  # + the lists of --ltr_shifts earlier steps, each from its shadow LRURec
+        began = time.perf_counter()
+        shadows = {s: train_retriever(cfg, dataset, prepared, seqs.shifted(s), device, out / f"lrurec-shift{s}",
+                                      args, shift=s)[0] for s in range(1, args.ltr_shifts + 1)}  # fmt: skip
+        shadow_seconds = time.perf_counter() - began
+        model, seconds = ltr(cfg, LTR_FEATURES, dataset, seqs, val, device, retriever, prepared, shadows=shadows)
+        add(f"ltr + {args.ltr_shifts} shifted list set(s)", evaluate_lists(model.score, test, KS),
+            seconds + shadow_seconds, model)  # fmt: skip
+        weight, _ = tune_weight(model, val, "ndcg_at_10", KS)
+        add(f"ltr + {args.ltr_shifts} shifted + fusion (w {weight_label(weight)})",
+            evaluate_lists(model.score, test, KS, fusion_weight=weight), seconds + shadow_seconds, model, weight)  # fmt: skip
     if "ltr_models" in args.variants and "cloze" in trained:  # + the cloze BERT4Rec's scores (family `models`)
         model, seconds = ltr(cfg, LTR_FEATURES, dataset, seqs, val, device, retriever, prepared,
                              models={"bert4rec": trained["cloze"]})  # fmt: skip

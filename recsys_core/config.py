@@ -231,6 +231,12 @@ class RerankConfig(Section):
 LTR_FEATURES = ("retriever", "models", "popularity", "transitions", "content", "history")
 
 
+SHIFTS_HELP = (
+    "more training lists: the validation lists of the split moved 1..N steps earlier, each from a shadow "
+    "retriever (the champion's method, `retrieval` settings) trained on that split"
+)
+
+
 class LTRConfig(Section):
     """The learning-to-rank reranker (LightGBM lambdarank) over every signal the platform computes."""
 
@@ -251,6 +257,7 @@ class LTRConfig(Section):
     ltr_start_from_retriever: bool = Field(
         True, description="boosting starts from the retriever's z-scored score (init_score): trees learn corrections"
     )
+    ltr_shifts: int = Field(0, ge=0, description=SHIFTS_HELP)
 
 
 class LLMConfig(Section):

@@ -21,7 +21,7 @@ from recsys_core.candidates import load_gt_candidates, read_retrieved
 from recsys_core.config import Config
 from recsys_core.data.images import image_files
 from recsys_core.data.store import GT_CANDIDATES, INTERACTIONS, ITEMS, Sequences, load_prepared
-from recsys_core.errors import MissingArtifactError
+from recsys_core.errors import ConfigError, MissingArtifactError
 from recsys_core.features.store import FeatureSet, embedding_file
 from recsys_core.features.texts import attach_generated_texts
 from recsys_core.io import staged_directory, write_json
@@ -132,6 +132,41 @@ def summary_rows(result: RerankResult, baseline: RerankResult | None, alone: Rer
     return rows
 
 
+def shadow_retrievers(cfg: Config, champion, seqs: Sequences, features: FeatureSet, device, out: Path,
+                      train_id: str) -> tuple[dict[int, object], dict[str, float]]:  # fmt: skip
+    """``ltr.ltr_shifts`` = N > 0: the champion retriever's method trained again, with the `retrieval` settings, on
+    the split moved 1..N steps earlier (``Sequences.shifted``): each one's validation lists are more training lists
+    for ``ltr`` that never saw their targets (``rerank/ltr.py``). Returns them by shift and their metrics to log."""
+    from recsys_core.retrieval import get_retriever_class
+    from recsys_core.retrieval.base import RetrievalData
+
+    r, code = cfg.retrieval, cfg.data.dataset_code
+    cls = get_retriever_class(champion.method)
+    configured = cls.hyperparameters(cfg, code)
+    differ = {k: (champion.hparams.get(k), v) for k, v in configured.items() if champion.hparams.get(k) != v}
+    if champion.method != r.retrieval_method or differ:
+        raise ConfigError(f"ltr.ltr_shifts: the shadow retrievers are trained with params.yaml's `retrieval` section, "
+                          f"but the champion retriever is {champion.method} with other settings ({differ or 'method'}: "
+                          "champion, params.yaml); promote a retriever of these settings or set ltr.ltr_shifts: 0")  # fmt: skip
+    shadows, metrics = {}, {}
+    for shift in range(1, cfg.ltr.ltr_shifts + 1):
+        moved = seqs.shifted(shift)
+        seed_everything(cfg.seed)
+        model = cls.from_data(champion.n_items, configured, device, RetrievalData(moved, features))
+        settings = loop_settings(
+            cfg, epochs=r.retrieval_epochs, lr=r.retrieval_lr, patience=r.retrieval_patience,
+            batch_size=r.batch_size_retrieval, checkpoint_dir=out / f"shadow{shift}-checkpoint",
+            fingerprint=f"{train_id} shift {shift}", batch_order=r.retrieval_batch_order,
+        )  # fmt: skip
+        history = model.fit(moved, settings, eval_batch_size=cfg.training.eval_batch_size, ks=cfg.training.metric_ks)
+        metrics |= {f"shadow{shift}_best_epoch": history.best_epoch, f"shadow{shift}_val_{cfg.training.monitor}":
+                    history.best_score}  # fmt: skip
+        log.info("shadow retriever of shift %d: best epoch %d, validation %s %.4f (its own shifted split)", shift,
+                 history.best_epoch, cfg.training.monitor, history.best_score)  # fmt: skip
+        shadows[shift] = model
+    return shadows, metrics
+
+
 def body(cfg: Config, args: argparse.Namespace) -> None:
     root = tracking.project_root(paths().root)
     tracking.configure(root)
@@ -165,6 +200,10 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         cfg, epochs=rr.rerank_epochs, lr=rr.rerank_lr, patience=rr.rerank_patience, batch_size=rr.rerank_batch_size,
         checkpoint_dir=out / "checkpoint", fingerprint=train_id,
     )  # fmt: skip
+    shadow_metrics: dict[str, float] = {}
+    if reranker.hparams.get("shifted_splits"):  # ltr: more training lists, from shadow retrievers
+        shadows, shadow_metrics = shadow_retrievers(cfg, reranker.retriever, seqs, features, device, out, train_id)
+        reranker.attach(shadows=shadows)
     protocol = lineage.reranker_protocol(mode, source_tags, int(val_set.candidates.shape[1]))
     tags = {**run_tags(root, cfg, "rerank", method, device, prepared, data_tags, train_id), "rerank_mode": mode,
             lineage.PROTOCOL_TAG: protocol, **source_tags}  # fmt: skip
@@ -210,7 +249,8 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
                 metrics |= prefixed(test.hit_users, "test_hit_users")
                 metrics |= prefixed(baseline.hit_users, "test_retrieval_only_hit_users")
             metrics["test_candidate_recall"] = test.n_hit / test.n_users
-        mlflow.log_metrics({**metrics, "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
+        mlflow.log_metrics({**metrics, **shadow_metrics, "best_epoch": history.best_epoch,
+                            "epochs_run": len(history.epochs)})  # fmt: skip
         if hasattr(reranker, "feature_importance"):  # ltr: the gain and split count of every feature
             mlflow.log_table(reranker.feature_importance(), artifact_file="feature_importance.json")
             mlflow.log_figure(reranker.importance_figure(), "feature_importance.png")

@@ -284,12 +284,16 @@ def test_switching_the_retriever_to_bm3(project):
 
 
 def test_the_ltr_reranker_through_dvc_and_the_registry(project):
-    """`dvc exp run -S rerank.rerank_method=ltr` fits LightGBM on the validation lists of the champion retriever,
-    carries that retriever, and (promoted) serves inside the two-stage model."""
-    ltr_run = dvc(project, "exp", "run", "-S", "rerank.rerank_method=ltr")
+    """`dvc exp run -S rerank.rerank_method=ltr` fits LightGBM on the validation lists of the champion retriever and
+    (``ltr_shifts=1``) on those of a shadow retriever trained one step earlier, carries the champion, and (promoted)
+    serves inside the two-stage model."""
+    ltr_run = dvc(project, "exp", "run", "-S", "rerank.rerank_method=ltr", "-S", "ltr.ltr_shifts=1")
     assert "Running stage 'train_rerank'" in ltr_run and "Running stage 'train_retrieval'" not in ltr_run
     ltr = project / "experiments/rerank/ltr/custom/seed42"
     assert (ltr / "model/ranker.txt").read_text().startswith("tree") and (ltr / "model/retriever").is_dir()
+    hparams = json.loads((ltr / "model/config.json").read_text())["hparams"]
+    assert hparams["shifts"] == [1] and len(hparams["training_lists"]) == 2 and min(hparams["training_lists"]) > 0
+    assert not (ltr / "model/shadow1").exists()  # the shadow is for training only: the served model does not carry it
     promote_reranker_and_serve(project, ltr / "registered.json", "ltr")
 
 

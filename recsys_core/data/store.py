@@ -107,3 +107,22 @@ class Sequences:
         bounds = np.searchsorted(t_users, np.arange(n_users + 2))
         train = [t_items[bounds[u] : bounds[u + 1]] for u in range(n_users + 1)]
         return Sequences(train, val, test)
+
+    def shifted(self, steps: int) -> Sequences:
+        """The split ``steps`` interactions earlier: train[u] loses its last ``steps`` items, the first of them becomes
+        the validation item and the next (or the validation item, for one step) the test item. A model trained on the
+        shifted train split never saw the shifted validation items, as the real one never saw the real ones (the
+        learning-to-rank reranker trains on such lists, ``rerank/ltr.py``). A user with ``steps`` train items or
+        fewer keeps an empty history and target 0 (no list)."""
+        if steps < 1:
+            raise ValueError(f"steps must be 1 or more, got {steps}")
+        train, val, test = [], np.zeros_like(self.val), np.zeros_like(self.test)
+        for u, items in enumerate(self.train):
+            if u == 0 or len(items) <= steps:
+                train.append(items[:0])
+                continue
+            after = np.append(items, self.val[u])  # the held-out items in order: the next one is the test item
+            cut = len(items) - steps
+            train.append(items[:cut])
+            val[u], test[u] = after[cut], after[cut + 1]
+        return Sequences(train, val, test)

@@ -25,7 +25,16 @@ and content ones):
    those users). These out-of-fold scores are the validation numbers (``cross_fitted_scores``) and the per-round
    curve in the returned ``History``. The final model is trained on every validation user with the folds' average
    best round count.
-3. The shipped model counts over train + validation (``serving_visible``): a test list (history = train + validation
+3. More training lists (``ltr.ltr_shifts`` = N > 0): the validation lists alone are few (one per user, and only
+   those holding their true item teach anything), and earlier positions of the train sequences cannot be used with the champion
+   retriever, which trained on their targets. So the split is moved 1..N steps earlier (``Sequences.shifted``); for
+   each shift a *shadow* retriever (the champion's method and settings) is trained on that earlier train split, and
+   its validation lists (history = train minus its last s items, target = the s-th last train item) are retrieved
+   and described by that shadow, counted over that earlier train split (``check_no_target_leak`` again), exactly as
+   the real validation lists are by the champion. The ranker trains on all of them; folds are of users (a user's
+   shifted lists sit in the fold of its validation list) and the cross-fitted numbers are those of the validation
+   lists only. The shadows are needed for training only: the saved ranker carries the champion, not them.
+4. The shipped model counts over train + validation (``serving_visible``): a test list (history = train + validation
    item, target = the test item) or a served request is described by everything before its target, the same rule
    as in training. ``score`` always uses these tables, so the served two-stage model scores exactly what was
    evaluated on the test users. Scoring the validation lists with ``score`` would be in-sample and would count their
@@ -151,6 +160,7 @@ class LTRReranker(Reranker):
     def __init__(self, n_items: int, hparams: dict[str, Any], device: torch.device | str = "cpu"):
         super().__init__(n_items, hparams, device)
         self.retriever = None  # the carried stage-1 model (families: retriever)
+        self.shadows: dict[int, Any] = {}  # shift -> the retriever's method trained on seqs.shifted(shift)
         self.models: dict[str, SavedModel] = {}  # name -> carried model (families: models)
         self.model_kinds: dict[str, str] = {}
         self.sources: dict[str, Any] = {}  # registry versions of the carried models
@@ -181,6 +191,7 @@ class LTRReranker(Reranker):
             "transition_window": t.ltr_transition_window,
             "content_window": 10,
             "start_from_retriever": t.ltr_start_from_retriever,
+            "shifted_splits": t.ltr_shifts,
             "prefix": registry.data_prefix(cfg.data),  # where the carried models are looked up
         }
 
@@ -199,11 +210,18 @@ class LTRReranker(Reranker):
         return list(self.hparams["features"])
 
     def attach(self, retriever=None, models: dict[str, SavedModel] | None = None,
-               sources: dict[str, Any] | None = None) -> LTRReranker:  # fmt: skip
-        """Give the ranker its stage-1 retriever and the other models (name -> model) directly (tests, notebooks);
-        ``attach_registered`` resolves them from the registry."""
+               sources: dict[str, Any] | None = None, shadows: dict[int, SavedModel] | None = None) -> LTRReranker:  # fmt: skip
+        """Give the ranker its stage-1 retriever, the other models (name -> model) and the shadow retrievers
+        (shift -> the retriever's method trained on ``seqs.shifted(shift)``: more training lists, see the module
+        docstring) directly (tests, notebooks, the benchmark); ``attach_registered`` resolves the first two from the
+        registry."""
         if retriever is not None:
             self.retriever = retriever
+        for shift, model in (shadows or {}).items():
+            if int(shift) < 1 or model.n_items != self.n_items:
+                raise ConfigError(f"ltr: shadow retriever {shift!r} must have a shift of 1 or more and "
+                                  f"{self.n_items} items (it has {model.n_items})")  # fmt: skip
+            self.shadows[int(shift)] = model
         for name, model in (models or {}).items():
             if model.n_items != self.n_items:
                 raise ConfigError(f"ltr: model {name!r} has {model.n_items} items, the data {self.n_items}")
@@ -258,11 +276,12 @@ class LTRReranker(Reranker):
 
     # --- features --------------------------------------------------------------------------------------------------
 
-    def _retriever_features(self, histories: list[np.ndarray], candidates: np.ndarray) -> dict[str, np.ndarray]:
+    def _retriever_features(self, histories: list[np.ndarray], candidates: np.ndarray,
+                            retriever) -> dict[str, np.ndarray]:  # fmt: skip
         from recsys_core.evaluation import mask_history
 
         filled = candidates != 0
-        full = self.retriever.score(histories).float().cpu()
+        full = retriever.score(histories).float().cpu()
         cand = torch.as_tensor(candidates, dtype=torch.long)
         raw = full.gather(1, cand)
         masked = mask_history(full.clone(), histories)
@@ -289,11 +308,13 @@ class LTRReranker(Reranker):
             out[f"model_{name}_rank"] = lf.list_rank(values, filled)
         return out
 
-    def features(self, histories: list[np.ndarray], candidates: np.ndarray,
-                 tables: lf.CountTables | None = None) -> np.ndarray:  # fmt: skip
+    def features(self, histories: list[np.ndarray], candidates: np.ndarray, tables: lf.CountTables | None = None,
+                 retriever=None) -> np.ndarray:  # fmt: skip
         """(B, K, F) float64 features in ``feature_names`` order (NaN = missing; empty slots all NaN), the counts
-        read from ``tables`` (default: the shipped train + validation tables)."""
+        read from ``tables`` (default: the shipped train + validation tables), the retriever family from
+        ``retriever`` (default: the carried stage-1 retriever; a shadow one for shifted training lists)."""
         tables = tables if tables is not None else self.tables
+        retriever = retriever if retriever is not None else self.retriever
         candidates = np.ascontiguousarray(candidates, dtype=np.int64)
         histories = [np.asarray(h, dtype=np.int64) for h in histories]
         parts = []
@@ -302,7 +323,7 @@ class LTRReranker(Reranker):
             cols: dict[str, np.ndarray] = {}
             fams = self.families
             if "retriever" in fams:
-                cols |= self._retriever_features(hist, cands)
+                cols |= self._retriever_features(hist, cands, retriever)
             if "models" in fams:
                 cols |= self._model_features(hist, cands)
             if "popularity" in fams:
@@ -354,6 +375,27 @@ class LTRReranker(Reranker):
                            init_score=margin[rows][filled], feature_name=self.feature_names, reference=reference,
                            free_raw_data=False)  # fmt: skip
 
+    def _training_features(self, seqs: Sequences, cset: CandidateSet, times: lf.InteractionTimes | None,
+                           retriever) -> np.ndarray:  # fmt: skip
+        """Features of lists whose targets follow ``seqs.train`` (the validation lists of ``seqs``), counted over that
+        train split only, after checking that no list's target is counted."""
+        visible = lf.training_visible(seqs, times)
+        tables = lf.CountTables.build(visible, self.n_items, float(self.hparams["recent_share"]))
+        lf.check_no_target_leak(tables, visible, cset.users, cset.histories, cset.targets)
+        return self.features(cset.histories, np.asarray(cset.candidates, dtype=np.int64), tables, retriever)
+
+    def _shifted_lists(self, seqs: Sequences, shift: int, shadow, width: int) -> tuple[Sequences, CandidateSet]:
+        """The split ``shift`` steps earlier and the shadow retriever's top ``width`` lists for its validation
+        targets (users with a history and a target)."""
+        from recsys_core.evaluation import split_inputs
+        from recsys_core.pipeline import TwoStage
+
+        shifted = seqs.shifted(shift)
+        histories, targets, users = split_inputs(shifted, "val")
+        keep = np.flatnonzero((targets > 0) & np.array([len(x) > 0 for x in histories], dtype=bool))
+        stage = TwoStage(shadow, None, width, width)
+        return shifted, stage.candidate_set([histories[i] for i in keep], targets[keep], users[keep])
+
     def fit(self, seqs: Sequences, val: CandidateSet, settings: LoopSettings,
             callbacks: Sequence[EpochCallback] = (), ks: Sequence[int] = (5, 10, 20),
             examples: ExampleSource | None = None) -> History:  # fmt: skip
@@ -370,33 +412,52 @@ class LTRReranker(Reranker):
         self.feature_names = lf.feature_names(self.families, list(h["models"]), sorted(self.content))
         if not self.feature_names:
             raise ConfigError("ltr: the feature families switched on give no feature (ltr.ltr_features)")
+        wanted = list(range(1, int(h.get("shifted_splits", 0)) + 1))
+        if sorted(self.shadows) != wanted:
+            raise ConfigError(f"ltr: ltr.ltr_shifts = {len(wanted)} trains on the lists of shifts {wanted}, but the "
+                              f"shadow retrievers attached are of shifts {sorted(self.shadows)} (`recsys train-rerank` "
+                              "trains them; elsewhere attach one per shift)")  # fmt: skip
+        if self.shadows and "models" in self.families and h["models"]:
+            raise ConfigError("ltr: shifted training lists take no `models` family: those models trained on the whole "
+                              "train split, which holds the shifted lists' targets (drop ltr_models or the shadow "
+                              "retrievers)")  # fmt: skip
         prepared = self.feature_set.prepared if self.feature_set is not None else None
         times = lf.interaction_times(prepared, seqs)
-        visible = lf.training_visible(seqs, times)
-        tables = lf.CountTables.build(visible, self.n_items, float(h["recent_share"]))
-        lf.check_no_target_leak(tables, visible, val.users, val.histories, val.targets)
-
         candidates = np.asarray(val.candidates, dtype=np.int64)
-        X = self.features(val.histories, candidates, tables)
-        labels = (candidates == np.asarray(val.targets)[:, None]) & (candidates != 0)
-        margin = self._margin(X, candidates)
+        X = self._training_features(seqs, val, times, self.retriever)
+        lists = [(val, X)]  # the validation lists first: rows 0..len(val)-1 of every stacked array
+        for shift, shadow in sorted(self.shadows.items()):
+            shifted, cset = self._shifted_lists(seqs, shift, shadow, candidates.shape[1])
+            lists.append((cset, self._training_features(shifted, cset, times.shifted(shift) if times else None,
+                                                        shadow)))  # fmt: skip
+        all_candidates = np.concatenate([np.asarray(c.candidates, dtype=np.int64) for c, _ in lists])
+        all_X = np.concatenate([x for _, x in lists])
+        all_users = np.concatenate([np.asarray(c.users, dtype=np.int64) for c, _ in lists])
+        all_targets = np.concatenate([np.asarray(c.targets, dtype=np.int64) for c, _ in lists])
+        labels = (all_candidates == all_targets[:, None]) & (all_candidates != 0)
+        margin = self._margin(all_X, all_candidates)
         hit = labels.any(axis=1)
         folds = int(h["folds"])
-        if hit.sum() < 2 * folds:
-            raise ValueError(f"ltr: {int(hit.sum())} validation lists hold their true item; cross-fitting needs at "
-                             f"least {2 * folds} (ltr.ltr_folds = {folds})")  # fmt: skip
+        if hit[: len(val)].sum() < 2 * folds:
+            raise ValueError(f"ltr: {int(hit[: len(val)].sum())} validation lists hold their true item; cross-fitting "
+                             f"needs at least {2 * folds} (ltr.ltr_folds = {folds})")  # fmt: skip
         rng = np.random.default_rng(settings.seed)
-        fold_of = np.empty(len(val), dtype=np.int64)
-        fold_of[rng.permutation(len(val))] = np.arange(len(val)) % folds
+        # Folds of users: a user's shifted lists sit in the fold of its validation list, so no fold's model has seen
+        # any list of the users it scores out of fold.
+        ids, user_row = np.unique(all_users, return_inverse=True)
+        fold_of_user = np.empty(len(ids), dtype=np.int64)
+        fold_of_user[rng.permutation(len(ids))] = np.arange(len(ids)) % folds
+        fold_of = fold_of_user[user_row]
         params = self._params(settings.seed)
         boosters, best_rounds, evals = [], [], []
         for fold in range(folds):
-            pool = np.flatnonzero(hit & (fold_of != fold))
-            stop_rows = np.zeros(len(val), dtype=bool)
-            stop_rows[rng.choice(pool, max(1, int(round(EARLY_STOPPING_SHARE * len(pool)))), replace=False)] = True
+            pool = np.unique(user_row[hit & (fold_of != fold)])
+            stop_users = rng.choice(pool, max(1, int(round(EARLY_STOPPING_SHARE * len(pool)))), replace=False)
+            stop_rows = np.isin(user_row, stop_users)
             train_rows = np.flatnonzero(hit & (fold_of != fold) & ~stop_rows)
-            dtrain = self._dataset(X, labels, candidates, train_rows, margin)
-            dstop = self._dataset(X, labels, candidates, np.flatnonzero(stop_rows), margin, reference=dtrain)
+            dtrain = self._dataset(all_X, labels, all_candidates, train_rows, margin)
+            dstop = self._dataset(all_X, labels, all_candidates, np.flatnonzero(stop_rows & hit), margin,
+                                  reference=dtrain)  # fmt: skip
             record: dict = {}
             booster = lgb.train(params, dtrain, num_boost_round=int(h["num_rounds"]), valid_sets=[dtrain, dstop],
                                 valid_names=["training", "early_stopping"], keep_training_booster=True,
@@ -409,7 +470,7 @@ class LTRReranker(Reranker):
         def out_of_fold(rounds: list[int]) -> np.ndarray:
             scores = np.full(candidates.shape, -np.inf)
             for fold, booster in enumerate(boosters):
-                rows = np.flatnonzero(fold_of == fold)
+                rows = np.flatnonzero(fold_of[: len(val)] == fold)  # the validation lists only
                 filled = candidates[rows] != 0
                 if filled.any():
                     block = np.full(filled.shape, -np.inf)
@@ -439,12 +500,13 @@ class LTRReranker(Reranker):
         history.best_score = float(monitored_value(cross_fitted, settings.monitor))
         history.stopped_early = trained < int(h["num_rounds"])
 
-        final = lgb.train(
-            params, self._dataset(X, labels, candidates, np.flatnonzero(hit), margin), num_boost_round=final_rounds
-        )
+        final = lgb.train(params, self._dataset(all_X, labels, all_candidates, np.flatnonzero(hit), margin),
+                          num_boost_round=final_rounds)  # fmt: skip
         # the very model that save() writes: its text form, read back
         self.booster = lgb.Booster(model_str=final.model_to_string())
-        self.hparams.update({"rounds": final_rounds, "fold_rounds": best_rounds, "modalities": sorted(self.content)})
+        self.hparams.update({"rounds": final_rounds, "fold_rounds": best_rounds, "modalities": sorted(self.content),
+                             "shifts": sorted(self.shadows),
+                             "training_lists": [len(c) for c, _ in lists]})  # fmt: skip
         self.validation = {"users": np.asarray(val.users, dtype=np.int64), "candidates": candidates,
                            "scores": oof.astype(np.float32),
                            "history_length": np.array([len(x) for x in val.histories], dtype=np.int64)}  # fmt: skip
@@ -453,9 +515,9 @@ class LTRReranker(Reranker):
         self.tables = lf.CountTables.build(shipped, self.n_items, float(h["recent_share"]))
         users = np.arange(1, len(seqs.train))
         lf.check_no_target_leak(self.tables, shipped, users, [shipped.sequences[u] for u in users], seqs.test[users])
-        log.info("ltr: %d validation lists (%d with the true item), %d features, fold rounds %s, final %d; "
-                 "cross-fitted validation %s %.4f", len(val), int(hit.sum()), len(self.feature_names), best_rounds,
-                 final_rounds, settings.monitor, history.best_score)  # fmt: skip
+        log.info("ltr: %d validation lists + %s shifted (%d of all with the true item), %d features, fold rounds %s, "
+                 "final %d; cross-fitted validation %s %.4f", len(val), [len(c) for c, _ in lists[1:]], int(hit.sum()),
+                 len(self.feature_names), best_rounds, final_rounds, settings.monitor, history.best_score)  # fmt: skip
         return history
 
     # --- scoring ---------------------------------------------------------------------------------------------------

@@ -63,6 +63,18 @@ class InteractionTimes:
     train: list[np.ndarray]
     val: np.ndarray
 
+    def shifted(self, steps: int) -> InteractionTimes:
+        """The times of :meth:`Sequences.shifted`'s train and validation items."""
+        train, val = [], np.zeros_like(self.val)
+        for u, stamps in enumerate(self.train):
+            if u == 0 or len(stamps) <= steps:
+                train.append(stamps[:0])
+                continue
+            cut = len(stamps) - steps
+            train.append(stamps[:cut])
+            val[u] = stamps[cut]
+        return InteractionTimes(train, val)
+
 
 @dataclass(frozen=True)
 class Visible:
