@@ -211,7 +211,8 @@ def main() -> None:
             seconds + shadow_seconds, model)  # fmt: skip
         weight, _ = tune_weight(model, val, "ndcg_at_10", KS)
         add(f"ltr + {args.ltr_shifts} shifted + fusion (w {weight_label(weight)})",
-            evaluate_lists(model.score, test, KS, fusion_weight=weight), seconds + shadow_seconds, model, weight)  # fmt: skip
+            evaluate_lists(model.score, test, KS, fusion_weight=weight), seconds + shadow_seconds, model,
+            weight)  # fmt: skip
     if "ltr_models" in args.variants and "cloze" in trained:  # + the cloze BERT4Rec's scores (family `models`)
         model, seconds = ltr(cfg, LTR_FEATURES, dataset, seqs, val, device, retriever, prepared,
                              models={"bert4rec": trained["cloze"]})  # fmt: skip

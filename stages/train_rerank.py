@@ -147,7 +147,8 @@ def shadow_retrievers(cfg: Config, champion, seqs: Sequences, features: FeatureS
     if champion.method != r.retrieval_method or differ:
         raise ConfigError(f"ltr.ltr_shifts: the shadow retrievers are trained with params.yaml's `retrieval` section, "
                           f"but the champion retriever is {champion.method} with other settings ({differ or 'method'}: "
-                          "champion, params.yaml); promote a retriever of these settings or set ltr.ltr_shifts: 0")  # fmt: skip
+                          "champion, params.yaml); promote a retriever of these settings or set "
+                          "ltr.ltr_shifts: 0")  # fmt: skip
     shadows, metrics = {}, {}
     for shift in range(1, cfg.ltr.ltr_shifts + 1):
         moved = seqs.shifted(shift)

@@ -26,14 +26,15 @@ and content ones):
    curve in the returned ``History``. The final model is trained on every validation user with the folds' average
    best round count.
 3. More training lists (``ltr.ltr_shifts`` = N > 0): the validation lists alone are few (one per user, and only
-   those holding their true item teach anything), and earlier positions of the train sequences cannot be used with the champion
-   retriever, which trained on their targets. So the split is moved 1..N steps earlier (``Sequences.shifted``); for
-   each shift a *shadow* retriever (the champion's method and settings) is trained on that earlier train split, and
-   its validation lists (history = train minus its last s items, target = the s-th last train item) are retrieved
-   and described by that shadow, counted over that earlier train split (``check_no_target_leak`` again), exactly as
-   the real validation lists are by the champion. The ranker trains on all of them; folds are of users (a user's
-   shifted lists sit in the fold of its validation list) and the cross-fitted numbers are those of the validation
-   lists only. The shadows are needed for training only: the saved ranker carries the champion, not them.
+   those holding their true item teach anything), and earlier positions of the train sequences cannot be used with
+   the champion retriever, which trained on their targets. So the split is moved 1..N steps earlier
+   (``Sequences.shifted``); for each shift a *shadow* retriever (the champion's method and settings) is trained on
+   that earlier train split, and its validation lists (history = train minus its last s items, target = the s-th
+   last train item) are retrieved and described by that shadow and counted over that earlier train split
+   (``check_no_target_leak`` again), exactly as the real validation lists are by the champion. The ranker trains on
+   all of them; folds are of users (a user's shifted lists sit in the fold of its validation list) and the
+   cross-fitted numbers are those of the validation lists only. The shadows serve training only: the saved ranker
+   carries the champion, not them.
 4. The shipped model counts over train + validation (``serving_visible``): a test list (history = train + validation
    item, target = the test item) or a served request is described by everything before its target, the same rule
    as in training. ``score`` always uses these tables, so the served two-stage model scores exactly what was
@@ -209,8 +210,8 @@ class LTRReranker(Reranker):
     def families(self) -> list[str]:
         return list(self.hparams["features"])
 
-    def attach(self, retriever=None, models: dict[str, SavedModel] | None = None,
-               sources: dict[str, Any] | None = None, shadows: dict[int, SavedModel] | None = None) -> LTRReranker:  # fmt: skip
+    def attach(self, retriever=None, models: dict[str, SavedModel] | None = None, sources: dict[str, Any] | None = None,
+               shadows: dict[int, SavedModel] | None = None) -> LTRReranker:  # fmt: skip
         """Give the ranker its stage-1 retriever, the other models (name -> model) and the shadow retrievers
         (shift -> the retriever's method trained on ``seqs.shifted(shift)``: more training lists, see the module
         docstring) directly (tests, notebooks, the benchmark); ``attach_registered`` resolves the first two from the
