@@ -1,6 +1,7 @@
 """Shifted training lists for the learning-to-rank reranker: the split moved earlier by hand, each shifted list
 scored by its shadow retriever and counted over its own earlier train split (a count that holds a shifted target is
-refused), and lists the validation users alone are too few to learn from are learned from with them."""
+refused), lists the validation users alone are too few to learn from are learned from with them, and the stage
+trains the shadows only with the champion's settings."""
 
 from __future__ import annotations
 
@@ -118,3 +119,20 @@ def test_too_few_validation_lists_are_learned_from_with_the_shifted_ones():
     alone_ndcg, shifted_ndcg = (ndcg(evaluate_lists(r.score, data.test, KS)) for r in (alone, shifted))
     print(f"true item in the list {hit:.2f}; validation lists alone {alone_ndcg:.3f}; with shifted {shifted_ndcg:.3f}")
     assert shifted_ndcg > 0.9 * hit and shifted_ndcg > alone_ndcg + 0.15, (alone_ndcg, shifted_ndcg, hit)
+
+
+def test_shadows_of_other_settings_than_the_champions_are_refused(tmp_path):
+    """The stage trains the shadows with params.yaml's `retrieval` settings: a champion of other settings is refused,
+    one of the same settings gets a shadow of its method per shift, trained on the earlier split."""
+    from stages.train_rerank import shadow_retrievers
+
+    data = retrieved(cyclic_rows(60, 40))
+    champion = data.retriever  # built with tiny_config()'s LRURec settings
+    with pytest.raises(ConfigError, match="hidden"):
+        shadow_retrievers(tiny_config(**{"lrurec.lru_hidden_size": 48}), champion, data.seqs, None, "cpu", tmp_path,
+                          "id")  # fmt: skip
+    cfg = tiny_config(**{"ltr.ltr_shifts": 2, "retrieval.retrieval_epochs": 1})
+    shadows, metrics = shadow_retrievers(cfg, champion, data.seqs, None, "cpu", tmp_path, "id")
+    assert sorted(shadows) == [1, 2] and all(type(s) is type(champion) for s in shadows.values())
+    assert set(metrics) == {"shadow1_best_epoch", "shadow2_best_epoch", f"shadow1_val_{cfg.training.monitor}",
+                            f"shadow2_val_{cfg.training.monitor}"}  # fmt: skip
