@@ -109,20 +109,27 @@ class Sequences:
         return Sequences(train, val, test)
 
     def shifted(self, steps: int) -> Sequences:
-        """The split ``steps`` interactions earlier: train[u] loses its last ``steps`` items, the first of them becomes
-        the validation item and the next (or the validation item, for one step) the test item. A model trained on the
-        shifted train split never saw the shifted validation items, as the real one never saw the real ones (the
-        learning-to-rank reranker trains on such lists, ``rerank/ltr.py``). A user with ``steps`` train items or
-        fewer keeps an empty history and target 0 (no list)."""
-        if steps < 1:
-            raise ValueError(f"steps must be 1 or more, got {steps}")
-        train, val, test = [], np.zeros_like(self.val), np.zeros_like(self.test)
-        for u, items in enumerate(self.train):
-            if u == 0 or len(items) <= steps:
-                train.append(items[:0])
-                continue
-            after = np.append(items, self.val[u])  # the held-out items in order: the next one is the test item
-            cut = len(items) - steps
-            train.append(items[:cut])
-            val[u], test[u] = after[cut], after[cut + 1]
-        return Sequences(train, val, test)
+        """The split ``steps`` interactions earlier (``shift_split``). A model trained on the shifted train split never
+        saw the shifted validation items, as the real one never saw the real ones (the learning-to-rank reranker trains
+        on such lists, ``rerank/ltr.py``)."""
+        return Sequences(*shift_split(self.train, self.val, steps))
+
+
+def shift_split(
+    train: list[np.ndarray], val: np.ndarray, steps: int
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Per-user values (items, or their times) of a split moved ``steps`` earlier: train[u] loses its last ``steps``
+    values, the first of them becomes the validation value and the next (the validation value, for one step) the
+    test value. A user with ``steps`` train values or fewer keeps an empty train and 0 (no list)."""
+    if steps < 1:
+        raise ValueError(f"steps must be 1 or more, got {steps}")
+    kept, new_val, new_test = [], np.zeros_like(val), np.zeros_like(val)
+    for u, values in enumerate(train):
+        if u == 0 or len(values) <= steps:
+            kept.append(values[:0])
+            continue
+        after = np.append(values, val[u])  # the held-out values in order: the next one is the test value
+        cut = len(values) - steps
+        kept.append(values[:cut])
+        new_val[u], new_test[u] = after[cut], after[cut + 1]
+    return kept, new_val, new_test

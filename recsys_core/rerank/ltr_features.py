@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_core.data.store import Sequences
+from recsys_core.data.store import Sequences, shift_split
 from recsys_core.errors import RecsysError
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,7 @@ class InteractionTimes:
 
     def shifted(self, steps: int) -> InteractionTimes:
         """The times of :meth:`Sequences.shifted`'s train and validation items."""
-        train, val = [], np.zeros_like(self.val)
-        for u, stamps in enumerate(self.train):
-            if u == 0 or len(stamps) <= steps:
-                train.append(stamps[:0])
-                continue
-            cut = len(stamps) - steps
-            train.append(stamps[:cut])
-            val[u] = stamps[cut]
+        train, val, _ = shift_split(self.train, self.val, steps)
         return InteractionTimes(train, val)
 
 
