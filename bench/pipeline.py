@@ -6,8 +6,11 @@ each variant reorders the first `--rerank_top_k`:
   validation; the grid's retriever end keeps the retriever's order) and `... alone` (its own order);
 - `bert4rec list (+fusion)` / `cloze_list`: BERT4Rec trained on the retriever's lists for train prefixes (`bert_objective`),
   alone or with the cloze loss;
-- `ltr`: LightGBM lambdarank on every feature family, `ltr -FAMILY` without each one, and `ltr + bert4rec cloze scores`
-  (family `models`: the cloze BERT4Rec's score and rank of each candidate);
+- `ltr`: LightGBM lambdarank on every feature family, `ltr -FAMILY` without each one;
+- `ltr_models`: `ltr` plus family `models`, the score and rank of each candidate from each of `--ltr_models` (the cloze
+  BERT4Rec of `bert4rec_cloze`; `lrurec_shift1`, the shadow LRURec of `ltr_shifted`, which never trained on a
+  validation target; VBPR, MMGCN, BM3 trained here with their params.yaml settings, batch `--cf_batch_size`), one row
+  per model and one with all of them;
 - `ltr_shifted`: `ltr` trained on the validation lists and the lists of `--ltr_shifts` earlier steps, each retrieved
   and described by a shadow LRURec trained (same settings) on the split moved that many steps earlier.
 Prints one table: validation NDCG@10 (cross-fitted for ltr, in-sample for the fusion weight), test NDCG / Recall
@@ -17,13 +20,20 @@ NDCG@10 and Recall@10 differences against retrieval with their 95% paired bootst
 seconds. Needs the prepared dataset (`recsys data-prepare --dataset_code X`, or `make run` for ml-100k).
 
     .venv/bin/python bench/pipeline.py --dataset ml-100k [--reuse] [--variants bert4rec_cloze ltr ...] [--tie_order file]
+        [--bert_batch_order random length] [--bert_seed 43] [--per_user_dir DIR] [--ltr_models vbpr lrurec_shift1]
+
+With two `--bert_batch_order`s each BERT4Rec variant is trained once per order and the paired difference of the two
+is printed under the table; `--per_user_dir` keeps every row's per-user results, so runs of several `--bert_seed`s
+can be pooled with bench/pooled_compare.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
+import re
 import resource
 import sys
 import time
@@ -47,11 +57,15 @@ from recsys_core.rerank.data import RetrievedExamples  # noqa: E402
 from recsys_core.rerank.evaluate import evaluate_lists, list_order_result, result_from_scores  # noqa: E402
 from recsys_core.rerank.fusion import fused_validation, tune_weight, weight_label  # noqa: E402
 from recsys_core.rerank.ltr import LTRReranker  # noqa: E402
+from recsys_core.retrieval import get_retriever_class  # noqa: E402
+from recsys_core.retrieval.base import RetrievalData, Retriever  # noqa: E402
 from recsys_core.retrieval.lrurec import LRURec  # noqa: E402
 from recsys_core.training import LoopSettings, resolve_device, seed_everything  # noqa: E402
 
 KS = (5, 10, 20)
 TRAINED_ON = "trained_on.json"  # beside the saved LRURec: its data version and batch order
+COLLABORATIVE = ("vbpr", "mmgcn", "bm3")
+MODEL_LABELS = {"bert4rec": "bert4rec cloze", "lrurec_shift1": "lrurec (shift 1)"}  # --ltr_models -> table label
 VARIANTS = ("bert4rec_cloze", "bert4rec_list", "bert4rec_cloze_list", "ltr", "ltr_models", "ltr_ablation",
             "ltr_shifted")  # fmt: skip
 
@@ -65,18 +79,31 @@ def epoch_timings(epochs: list[dict]) -> str:
             + f"; {total / 60:.1f} min wall for all epochs with validation")  # fmt: skip
 
 
+def row_file(name: str) -> str:
+    """A row's file name: its label without the fusion weight (which a seed may tune differently), in lower-case words
+    joined by '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", re.sub(r" \(w [^)]*\)", "", name).lower()).strip("-")
+
+
+def reusable(out: Path, trained_on: dict, args) -> bool:
+    """Whether --reuse takes the model saved in ``out``; it refuses one trained on anything else than
+    ``trained_on`` (another data version would give ids that name other items)."""
+    if not (args.reuse and (out / "model.safetensors").exists()):
+        return False
+    saved = json.loads((out / TRAINED_ON).read_text()) if (out / TRAINED_ON).exists() else None
+    if saved != trained_on:
+        sys.exit(f"--reuse: the model in {out} was trained on {saved or 'unrecorded data'}, this run's is "
+                 f"{trained_on}: run without --reuse to train it again")  # fmt: skip
+    return True
+
+
 def train_retriever(cfg, dataset, prepared, seqs, device, out: Path, args, shift: int = 0) -> tuple[LRURec, float]:
     """LRURec with its published settings on ``seqs`` (``shift`` > 0: a shadow trained on the split moved that many
     steps earlier, for ltr's shifted training lists)."""
     began = time.perf_counter()
     order = cfg.retrieval.retrieval_batch_order
-    # What the saved model was trained on: --reuse refuses a model of other data (ids would not mean the same items).
     trained_on = {"data_version": data_version(prepared), "batch_order": order} | ({"shift": shift} if shift else {})
-    if args.reuse and (out / "model.safetensors").exists():
-        saved = json.loads((out / TRAINED_ON).read_text()) if (out / TRAINED_ON).exists() else None
-        if saved != trained_on:
-            sys.exit(f"--reuse: the LRURec in {out} was trained on {saved or 'unrecorded data'}, this run's data is "
-                     f"{trained_on}: run without --reuse to train it again")  # fmt: skip
+    if reusable(out, trained_on, args):
         return LRURec.load(out, device), 0.0
     seed_everything(cfg.seed)
     retriever = LRURec(dataset.n_items, LRURec.hyperparameters(cfg, cfg.data.dataset_code), device)
@@ -94,23 +121,49 @@ def train_retriever(cfg, dataset, prepared, seqs, device, out: Path, args, shift
     return retriever, time.perf_counter() - began
 
 
-def bert4rec(
-    cfg, objective: str, dataset, seqs, val, device, retriever, args, prepared: Path, out: Path
-) -> tuple[BERT4Rec, float]:
-    hparams = {**BERT4Rec.hyperparameters(cfg, cfg.data.dataset_code), "objective": objective}
-    began = time.perf_counter()
+def train_collaborative(cfg, method: str, dataset, prepared, seqs, device, out: Path, args) -> Retriever:
+    """VBPR / MMGCN / BM3 with their params.yaml settings (lr, patience) on the train split, checkpointed; their
+    scores of a list are one of ltr's ``models`` features. Trained on the train split only: validation targets unseen."""
+    trained_on = {"data_version": data_version(prepared), "method": method, "batch_size": args.cf_batch_size}
+    if reusable(out, trained_on, args):
+        return get_retriever_class(method).load(out, device)
     seed_everything(cfg.seed)
+    cls = get_retriever_class(method)
+    features = FeatureSet(prepared, cfg.features, dataset.items)
+    model = cls.from_data(dataset.n_items, cls.hyperparameters(cfg, cfg.data.dataset_code), device,
+                          RetrievalData(seqs, features))  # fmt: skip
+    r = cfg.retrieval
+    settings = LoopSettings(epochs=r.retrieval_epochs, lr=r.retrieval_lr, patience=r.retrieval_patience,
+                            batch_size=args.cf_batch_size, seed=cfg.seed, checkpoint_dir=out.with_name(f"{method}-checkpoint"),
+                            fingerprint=json.dumps(trained_on, sort_keys=True))  # fmt: skip
+    history = model.fit(seqs, settings)
+    best = history.epochs[history.best_epoch - 1].get("val_ndcg_at_10", float("nan"))
+    print(f"{method}: best epoch {history.best_epoch} of {len(history.epochs)}, validation NDCG@10 {best:.4f}; "
+          f"{epoch_timings(history.epochs)}")  # fmt: skip
+    model.save(out)
+    write_json(out / TRAINED_ON, trained_on)
+    return model
+
+
+def bert4rec(
+    cfg, objective: str, order: str, dataset, seqs, val, device, retriever, args, prepared: Path, out: Path
+) -> tuple[BERT4Rec, float]:
+    hparams = {**BERT4Rec.hyperparameters(cfg, cfg.data.dataset_code), "objective": objective, "batch_order": order}
+    began = time.perf_counter()
+    seed = cfg.seed if args.bert_seed is None else args.bert_seed
+    seed_everything(seed)
     model = BERT4Rec(dataset.n_items, hparams, device)
     examples = RetrievedExamples(seqs, retriever.score) if objective != "cloze" else None
     # checkpointed like the retriever (hours on ML-1M on a CPU); the list objective learns from this retriever's lists
     retriever_weights = hashlib.sha256((out / "lrurec" / "model.safetensors").read_bytes()).hexdigest()
-    identity = [data_version(prepared), hparams, args.rerank_lr, args.rerank_batch_size, retriever_weights]
+    identity = [data_version(prepared), hparams, args.rerank_lr, args.rerank_batch_size, retriever_weights, seed]
     settings = LoopSettings(epochs=args.rerank_epochs, lr=args.rerank_lr, patience=args.rerank_patience,
-                            batch_size=args.rerank_batch_size, seed=cfg.seed,
-                            checkpoint_dir=out / f"bert4rec-{objective}-checkpoint",
+                            batch_size=args.rerank_batch_size, seed=seed,
+                            checkpoint_dir=out / f"bert4rec-{objective}-{hparams['batch_order']}-seed{seed}-checkpoint",
                             fingerprint=hashlib.sha256(json.dumps(identity).encode()).hexdigest())  # fmt: skip
     history = model.fit(seqs, val, settings, ks=KS, examples=examples)
-    print(f"BERT4Rec {objective}: best epoch {history.best_epoch} of {len(history.epochs)}")
+    print(f"BERT4Rec {objective} ({hparams['batch_order']} batches, seed {seed}): best epoch {history.best_epoch} of "
+          f"{len(history.epochs)}; {epoch_timings(history.epochs)}")  # fmt: skip
     return model, time.perf_counter() - began
 
 
@@ -140,10 +193,20 @@ def main() -> None:
     parser.add_argument("--rerank_batch_size", type=int, default=32)
     parser.add_argument("--rerank_patience", type=int, default=30)
     parser.add_argument("--bert_dropout", type=float, default=0.1)
+    parser.add_argument("--bert_batch_order", nargs="+", choices=("length", "random"), default=["random"],
+                        help="BERT4Rec's cloze batches (bert4rec.bert_batch_order); two: a model with each, and their "
+                             "paired difference")  # fmt: skip
+    parser.add_argument("--bert_seed", type=int, default=None, help="BERT4Rec's seed (default: params.yaml's seed); "
+                        "the LRURec keeps its own")  # fmt: skip
     parser.add_argument("--retrieval_top_k", type=int, default=200)
     parser.add_argument("--rerank_top_k", type=int, default=50)
     parser.add_argument("--ltr_shifts", type=int, default=1,
                         help="ltr_shifted: shadow LRURecs trained on the split moved 1..N steps earlier")  # fmt: skip
+    parser.add_argument("--ltr_models", nargs="+", default=["bert4rec"], choices=("bert4rec", "lrurec_shift1", *COLLABORATIVE),
+                        help="ltr_models: the models whose scores are features (bert4rec needs bert4rec_cloze)")  # fmt: skip
+    parser.add_argument("--cf_batch_size", type=int, default=1024, help="VBPR / MMGCN / BM3 training batch")
+    parser.add_argument("--per_user_dir", type=Path, help="write each row's per-user test results here (CSV, "
+                        "named after the row without its fusion weight), e.g. to pool seeds with bench/pooled_compare.py")  # fmt: skip
     parser.add_argument("--device", default="auto")
     parser.add_argument("--reuse", action="store_true", help="reuse the LRURec of an earlier run (bench/out/)")
     parser.add_argument("--tie_order", choices=("file", "item_id", "shuffle"), default="file",
@@ -180,16 +243,20 @@ def main() -> None:
         records[name] = per_user.from_lists(result, test, KS)
         val_ndcg[name] = result_from_scores(fused_validation(model, val, weight), val, KS).all_users["ndcg_at_10"]
 
-    trained = {}
-    for objective in ("cloze", "list", "cloze_list"):
+    trained, by_order = {}, {}  # by_order: (objective, fused?) -> {batch order: row name}
+    orders = list(dict.fromkeys(args.bert_batch_order))
+    for objective, order in itertools.product(("cloze", "list", "cloze_list"), orders):
         if f"bert4rec_{objective}" not in args.variants:
             continue
-        model, seconds = bert4rec(cfg, objective, dataset, seqs, val, device, retriever, args, prepared, out)
-        trained[objective] = model
+        model, seconds = bert4rec(cfg, objective, order, dataset, seqs, val, device, retriever, args, prepared, out)
+        trained.setdefault(objective, model)  # the first batch order's model is the one ltr_models scores with
         weight, _ = tune_weight(model, val, "ndcg_at_10", KS)
-        add(f"bert4rec {objective} + fusion (w {weight_label(weight)})",
-            evaluate_lists(model.score, test, KS, fusion_weight=weight), seconds, model, weight)  # fmt: skip
-        add(f"bert4rec {objective} alone", evaluate_lists(model.score, test, KS), seconds, model)
+        tag = f" [{order} batches]" if len(orders) > 1 else ""
+        for fused, name in ((True, f"bert4rec {objective}{tag} + fusion (w {weight_label(weight)})"),
+                            (False, f"bert4rec {objective}{tag} alone")):  # fmt: skip
+            result = evaluate_lists(model.score, test, KS, fusion_weight=weight if fused else None)
+            add(name, result, seconds, model, weight if fused else None)
+            by_order.setdefault((objective, fused), {})[order] = name
     runs = [LTR_FEATURES] if "ltr" in args.variants else []
     if "ltr_ablation" in args.variants:
         runs += [tuple(f for f in LTR_FEATURES if f != drop) for drop in LTR_FEATURES if drop != "models"]
@@ -213,11 +280,30 @@ def main() -> None:
         add(f"ltr + {args.ltr_shifts} shifted + fusion (w {weight_label(weight)})",
             evaluate_lists(model.score, test, KS, fusion_weight=weight), seconds + shadow_seconds, model,
             weight)  # fmt: skip
-    if "ltr_models" in args.variants and "cloze" in trained:  # + the cloze BERT4Rec's scores (family `models`)
-        model, seconds = ltr(cfg, LTR_FEATURES, dataset, seqs, val, device, retriever, prepared,
-                             models={"bert4rec": trained["cloze"]})  # fmt: skip
-        add("ltr + bert4rec cloze scores", evaluate_lists(model.score, test, KS), seconds, model)
+    if "ltr_models" in args.variants:  # + other models' scores (family `models`), each alone and all together
+        others, model_seconds = {}, {}  # choice -> model; BERT4Rec's training time is on its own rows
+        for name in args.ltr_models:
+            began = time.perf_counter()
+            if name == "bert4rec":
+                if "cloze" not in trained:
+                    sys.exit("--ltr_models bert4rec: add the bert4rec_cloze variant (its model is the one scored)")
+                others[name] = trained["cloze"]
+            elif name == "lrurec_shift1":  # the ltr_shifted variant's shadow: it never trained on a validation target
+                others[name] = train_retriever(cfg, dataset, prepared, seqs.shifted(1), device, out / "lrurec-shift1",
+                                               args, shift=1)[0]  # fmt: skip
+            else:
+                others[name] = train_collaborative(cfg, name, dataset, prepared, seqs, device, out / name, args)
+            model_seconds[name] = 0.0 if name == "bert4rec" else time.perf_counter() - began
+        for chosen in [[n] for n in others] + ([list(others)] if len(others) > 1 else []):
+            model, seconds = ltr(cfg, LTR_FEATURES, dataset, seqs, val, device, retriever, prepared,
+                                 models={n.split("_shift")[0]: others[n] for n in chosen})  # fmt: skip
+            label = f"ltr + {' + '.join(MODEL_LABELS.get(n, n) for n in chosen)} scores"
+            add(label, evaluate_lists(model.score, test, KS), seconds + sum(model_seconds[n] for n in chosen), model)
 
+    if args.per_user_dir:
+        args.per_user_dir.mkdir(parents=True, exist_ok=True)
+        for name, frame in records.items():
+            frame.to_csv(args.per_user_dir / f"{row_file(name)}.csv", index=False)
     base = records["retrieval (LRURec)"]
     print(f"\n{args.dataset}: {len(test)} test users; LRURec top {args.retrieval_top_k} -> the first "
           f"{args.rerank_top_k} reranked; true item in them for {baseline.n_hit} users "
@@ -242,6 +328,13 @@ def main() -> None:
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     print("\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows))
+    for (objective, fused), names in by_order.items():  # one batch order against the other, same users
+        if len(names) == 2:
+            (a, name_a), (b, name_b) = names.items()
+            for metric, d in per_user.compare(records[name_a], records[name_b], ["ndcg_at_10", "recall_at_10"], a,
+                                              b).items():  # fmt: skip
+                print(f"bert4rec {objective}{' + fusion' if fused else ' alone'}: {b} - {a} batches, test {metric} "
+                      f"{d.delta:+.4f} [{d.low:+.4f}, {d.high:+.4f}] ({d.verdict})")  # fmt: skip
     print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB RSS")
 
 

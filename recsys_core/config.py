@@ -212,6 +212,10 @@ class BERT4RecConfig(Section):
         "cloze", description="cloze (the paper), list (softmax over retrieved training lists) or both, summed"
     )
     bert_list_weight: float = Field(1.0, ge=0, description="weight of the list loss in cloze_list")
+    # random since 2026-12-01 (length before): over 3 seeds on ML-100K, NDCG@20 alone +0.0124 [+0.0044, +0.0205]
+    bert_batch_order: Literal["random", "length"] = Field(
+        "random", description="cloze batches: random (as published) or of similar length (faster, measured worse)"
+    )
 
 
 class RerankConfig(Section):

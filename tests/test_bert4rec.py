@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from conftest import cyclic_rows, raw_dataset, tiny_config
 
-from recsys_core.batching import bucketed_batches, training_windows
+from recsys_core.batching import BATCH_ORDERS, bucketed_batches, training_windows
 from recsys_core.candidates import build_gt_candidates
 from recsys_core.config import DataConfig
 from recsys_core.data.preprocess import preprocess
 from recsys_core.data.store import Sequences
 from recsys_core.evaluation import split_inputs
+from recsys_core.rerank import bert4rec as bert4rec_module
 from recsys_core.rerank.bert4rec import BERT4Rec, cloze_mask, list_loss
 from recsys_core.rerank.data import (
     CandidateSet,
@@ -85,9 +86,10 @@ def test_scores_are_read_at_an_appended_mask(data):
     torch.testing.assert_close(reranker.score([history], cands), expected[:, [1, 2, 3]])
 
 
-def test_bert4rec_learns_the_pattern_and_reloads(data, tmp_path):
+@pytest.mark.parametrize("order", BATCH_ORDERS)
+def test_bert4rec_learns_the_pattern_and_reloads(data, tmp_path, order):
     ds, seqs, val, test = data
-    reranker = make(ds.n_items)
+    reranker = make(ds.n_items, batch_order=order)
     before = evaluate_lists(reranker.score, test, (1, 5)).all_users["hit_at_1"]
     history = reranker.fit(seqs, val, LoopSettings(epochs=30, lr=0.01, patience=30, batch_size=32), ks=(1, 10))
     after = evaluate_lists(reranker.score, test, (1, 5)).all_users
@@ -97,6 +99,30 @@ def test_bert4rec_learns_the_pattern_and_reloads(data, tmp_path):
     again = BERT4Rec.load(tmp_path)
     torch.testing.assert_close(reranker.score(test.histories[:4], test.candidates[:4]),
                                again.score(test.histories[:4], test.candidates[:4]))  # fmt: skip
+
+
+def test_batch_order_setting_chooses_the_cloze_batches(data, monkeypatch):
+    """``bert_batch_order`` reaches the loop: random batches are the published loader's (any lengths mixed), length
+    batches hold windows of similar length; each window once per epoch either way."""
+    ds, seqs, val, _ = data
+    assert tiny_config(**CFG, **{"bert4rec.bert_batch_order": "random"}).bert4rec.bert_batch_order == "random"
+    seen = {}
+    real = bert4rec_module.epoch_batches
+
+    def spy(lengths, batch_size, rng, order):
+        batches = real(lengths, batch_size, rng, order)
+        seen[order] = (lengths, batches)
+        return batches
+
+    monkeypatch.setattr(bert4rec_module, "epoch_batches", spy)
+    for order in BATCH_ORDERS:
+        make(ds.n_items, batch_order=order).fit(seqs, val, LoopSettings(epochs=1, lr=0.01, patience=1, batch_size=8))
+    spread = {}
+    for order, (lengths, batches) in seen.items():
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+        spread[order] = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert len(np.unique(seen["random"][0])) > 3  # the windows differ in length, so the orders can differ
+    assert spread["length"] < spread["random"] / 2, spread
 
 
 # --- the list objective ------------------------------------------------------------------------------------------
@@ -179,10 +205,11 @@ def test_cloze_objective_trains_exactly_as_before(data):
     ds, seqs, val, _ = data
     settings = LoopSettings(epochs=2, lr=0.01, patience=5, batch_size=32)
     old = make(ds.n_items)
-    for key in ("objective", "list_weight", "examples_per_user"):  # a config saved before these keys existed
+    for key in ("objective", "list_weight", "examples_per_user", "batch_order"):  # saved before these keys existed
         del old.hparams[key]
     old_history = reference_cloze_fit(old, seqs, val, settings)
-    new = make(ds.n_items)
+    assert make(ds.n_items).hparams["batch_order"] == "random"  # the default since; before it, length batches
+    new = make(ds.n_items, batch_order="length")
     assert new.hparams["objective"] == "cloze"  # the default
     history = new.fit(seqs, val, settings, ks=(1, 10), examples=Untouchable())
     assert [e["train_loss"] for e in history.epochs] == [e["train_loss"] for e in old_history.epochs]

@@ -17,6 +17,10 @@ appended after the history. Output layer: dense + GELU + LayerNorm, then tied it
 - ``cloze_list``: both in one loop, cloze loss + ``list_weight`` x list loss at each step. An epoch is one pass over
   the cloze windows and one over the epoch's lists, spread evenly over its steps.
 
+Cloze batches (``bert4rec.bert_batch_order``): ``random`` (the default, as the published loader) batches windows at
+random; ``length`` batches windows of similar length, so little compute goes to padding (half the time per epoch),
+but the model learns less (README: Benchmarks). Either way the loss is the batch's mean over its masked items.
+
 The lists are drawn each epoch like the other list-trained rerankers' (``ListTrainingTask``): as wide as the validation
 lists, ``examples_per_user`` prefixes per user (default ``DEFAULT_EXAMPLES_PER_USER``: its last train item).
 """
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_core.batching import bucketed_batches, training_windows
+from recsys_core.batching import epoch_batches, training_windows
 from recsys_core.config import Config
 from recsys_core.data.store import Sequences
 from recsys_core.rerank.base import DEFAULT_EXAMPLES_PER_USER, Reranker
@@ -131,6 +135,7 @@ class BERT4Rec(Reranker):
             "weight_decay": b.bert_weight_decay,
             "objective": b.bert_objective,
             "list_weight": b.bert_list_weight,
+            "batch_order": b.bert_batch_order,
             "examples_per_user": DEFAULT_EXAMPLES_PER_USER,  # training lists per user and epoch (list objectives)
         }
 
@@ -180,6 +185,7 @@ class BERT4Rec(Reranker):
             raise ValueError(f"bert4rec objective {objective!r} is not one of {OBJECTIVES}")
         use_cloze, use_lists = objective != "list", objective != "cloze"
         weight = float(self.hparams.get("list_weight", 1.0)) if use_cloze else 1.0
+        batch_order = self.hparams.get("batch_order", "length")  # models saved before the setting: length batches
         max_len = self.hparams["max_len"]
         windows, lengths = [], np.zeros(0, dtype=np.int64)
         if use_cloze:
@@ -221,7 +227,7 @@ class BERT4Rec(Reranker):
                 if use_cloze:
                     # Fresh masks every epoch (dynamic masking), drawn from a generator seeded by (seed, epoch).
                     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-                    cloze_ids = bucketed_batches(lengths, settings.batch_size, rng)
+                    cloze_ids = epoch_batches(lengths, settings.batch_size, rng, batch_order)
                 if not use_lists:  # cloze: as before the list objective existed, ``examples`` untouched
                     for ids in cloze_ids:
                         yield cloze_batch(ids, gen), None
