@@ -19,7 +19,7 @@ appended after the history. Output layer: dense + GELU + LayerNorm, then tied it
 
 Cloze batches (``bert4rec.bert_batch_order``): ``random`` (the default, as the published loader) batches windows at
 random; ``length`` batches windows of similar length, so little compute goes to padding (half the time per epoch),
-but the model learns less (README: Benchmarks). Either way the loss is the batch's mean over its masked items.
+but the model learns less (docs/benchmarks.md). Either way the loss is the batch's mean over its masked items.
 
 The lists are drawn each epoch like the other list-trained rerankers' (``ListTrainingTask``): as wide as the validation
 lists, ``examples_per_user`` prefixes per user (default ``DEFAULT_EXAMPLES_PER_USER``: its last train item).
