@@ -65,6 +65,7 @@ from recsys_core.training import LoopSettings, resolve_device, seed_everything  
 KS = (5, 10, 20)
 TRAINED_ON = "trained_on.json"  # beside the saved LRURec: its data version and batch order
 COLLABORATIVE = ("vbpr", "mmgcn", "bm3")
+CHOICE_METHODS = {"lrurec_shift1": "lrurec"}  # --ltr_models choice -> the method its features are named after
 MODEL_LABELS = {"bert4rec": "bert4rec cloze", "lrurec_shift1": "lrurec (shift 1)"}  # --ltr_models -> table label
 VARIANTS = ("bert4rec_cloze", "bert4rec_list", "bert4rec_cloze_list", "ltr", "ltr_models", "ltr_ablation",
             "ltr_shifted")  # fmt: skip
@@ -83,6 +84,11 @@ def row_file(name: str) -> str:
     """A row's file name: its label without the fusion weight (which a seed may tune differently), in lower-case words
     joined by '-'."""
     return re.sub(r"[^a-z0-9]+", "-", re.sub(r" \(w [^)]*\)", "", name).lower()).strip("-")
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Beside the model's folder, named after it: each model (a shadow LRURec too) resumes only its own training."""
+    return out.with_name(f"{out.name}-checkpoint")
 
 
 def reusable(out: Path, trained_on: dict, args) -> bool:
@@ -110,7 +116,7 @@ def train_retriever(cfg, dataset, prepared, seqs, device, out: Path, args, shift
     # A checkpoint after every epoch: a long CPU run (ML-1M) can be stopped and resumed by running the bench again.
     # The fingerprint names the batch order: a checkpoint of the length batches used before 2026-12-01 is not resumed.
     settings = LoopSettings(epochs=args.retrieval_epochs, lr=1e-3, patience=args.retrieval_patience, batch_size=128,
-                            seed=cfg.seed, checkpoint_dir=out.with_name("lrurec-checkpoint"), batch_order=order,
+                            seed=cfg.seed, checkpoint_dir=checkpoint_dir(out), batch_order=order,
                             fingerprint=f"{trained_on['data_version']} {order} batches"
                                         + (f" shift {shift}" if shift else ""))  # fmt: skip
     history = retriever.fit(seqs, settings)
@@ -134,7 +140,7 @@ def train_collaborative(cfg, method: str, dataset, prepared, seqs, device, out: 
                           RetrievalData(seqs, features))  # fmt: skip
     r = cfg.retrieval
     settings = LoopSettings(epochs=r.retrieval_epochs, lr=r.retrieval_lr, patience=r.retrieval_patience,
-                            batch_size=args.cf_batch_size, seed=cfg.seed, checkpoint_dir=out.with_name(f"{method}-checkpoint"),
+                            batch_size=args.cf_batch_size, seed=cfg.seed, checkpoint_dir=checkpoint_dir(out),
                             fingerprint=json.dumps(trained_on, sort_keys=True))  # fmt: skip
     history = model.fit(seqs, settings)
     best = history.epochs[history.best_epoch - 1].get("val_ndcg_at_10", float("nan"))
@@ -296,7 +302,7 @@ def main() -> None:
             model_seconds[name] = 0.0 if name == "bert4rec" else time.perf_counter() - began
         for chosen in [[n] for n in others] + ([list(others)] if len(others) > 1 else []):
             model, seconds = ltr(cfg, LTR_FEATURES, dataset, seqs, val, device, retriever, prepared,
-                                 models={n.split("_shift")[0]: others[n] for n in chosen})  # fmt: skip
+                                 models={CHOICE_METHODS.get(n, n): others[n] for n in chosen})  # fmt: skip
             label = f"ltr + {' + '.join(MODEL_LABELS.get(n, n) for n in chosen)} scores"
             add(label, evaluate_lists(model.score, test, KS), seconds + sum(model_seconds[n] for n in chosen), model)
 
