@@ -5,7 +5,7 @@ each variant reorders the first `--rerank_top_k`:
 - `bert4rec cloze (+fusion)`: BERT4Rec trained on its cloze task, fused with the retrieval score (weight tuned on
   validation; the grid's retriever end keeps the retriever's order) and `... alone` (its own order);
 - `bert4rec list (+fusion)` / `cloze_list`: BERT4Rec trained on the retriever's lists for train prefixes (`bert_objective`),
-  alone or with the cloze loss;
+  alone or with the cloze loss; `--bert_examples_per_user K`: each user's K most recent prefixes an epoch (default 1);
 - `ltr`: LightGBM lambdarank on every feature family, `ltr -FAMILY` without each one;
 - `ltr_models`: `ltr` plus family `models`, the score and rank of each candidate from each of `--ltr_models` (the cloze
   BERT4Rec of `bert4rec_cloze`; `lrurec_shift1`, the shadow LRURec of `ltr_shifted`, which never trained on a
@@ -86,6 +86,12 @@ def row_file(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", re.sub(r" \(w [^)]*\)", "", name).lower()).strip("-")
 
 
+def lists_tag(args) -> str:
+    """Part of a BERT4Rec checkpoint's folder name when ``--bert_examples_per_user`` is set, so that runs with other
+    list counts do not overwrite each other's checkpoints."""
+    return "" if args.bert_examples_per_user is None else f"-lists{args.bert_examples_per_user}"
+
+
 def checkpoint_dir(out: Path) -> Path:
     """Beside the model's folder, named after it: each model (a shadow LRURec too) resumes only its own training."""
     return out.with_name(f"{out.name}-checkpoint")
@@ -155,6 +161,8 @@ def bert4rec(
     cfg, objective: str, order: str, dataset, seqs, val, device, retriever, args, prepared: Path, out: Path
 ) -> tuple[BERT4Rec, float]:
     hparams = {**BERT4Rec.hyperparameters(cfg, cfg.data.dataset_code), "objective": objective, "batch_order": order}
+    if args.bert_examples_per_user is not None:  # the list objectives' training lists per user and epoch
+        hparams["examples_per_user"] = args.bert_examples_per_user
     began = time.perf_counter()
     seed = cfg.seed if args.bert_seed is None else args.bert_seed
     seed_everything(seed)
@@ -165,7 +173,7 @@ def bert4rec(
     identity = [data_version(prepared), hparams, args.rerank_lr, args.rerank_batch_size, retriever_weights, seed]
     settings = LoopSettings(epochs=args.rerank_epochs, lr=args.rerank_lr, patience=args.rerank_patience,
                             batch_size=args.rerank_batch_size, seed=seed,
-                            checkpoint_dir=out / f"bert4rec-{objective}-{hparams['batch_order']}-seed{seed}-checkpoint",
+                            checkpoint_dir=out / f"bert4rec-{objective}-{order}-seed{seed}{lists_tag(args)}-checkpoint",
                             fingerprint=hashlib.sha256(json.dumps(identity).encode()).hexdigest())  # fmt: skip
     history = model.fit(seqs, val, settings, ks=KS, examples=examples)
     print(f"BERT4Rec {objective} ({hparams['batch_order']} batches, seed {seed}): best epoch {history.best_epoch} of "
@@ -204,6 +212,9 @@ def main() -> None:
                              "paired difference")  # fmt: skip
     parser.add_argument("--bert_seed", type=int, default=None, help="BERT4Rec's seed (default: params.yaml's seed); "
                         "the LRURec keeps its own")  # fmt: skip
+    parser.add_argument("--bert_examples_per_user", type=int, default=None,
+                        help="list objectives: training lists per user and epoch, the user's most recent train "
+                             "prefixes (default: the model's, 1)")  # fmt: skip
     parser.add_argument("--retrieval_top_k", type=int, default=200)
     parser.add_argument("--rerank_top_k", type=int, default=50)
     parser.add_argument("--ltr_shifts", type=int, default=1,
