@@ -86,10 +86,10 @@ def row_file(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", re.sub(r" \(w [^)]*\)", "", name).lower()).strip("-")
 
 
-def lists_tag(args) -> str:
-    """Part of a BERT4Rec checkpoint's folder name when ``--bert_examples_per_user`` is set, so that runs with other
-    list counts do not overwrite each other's checkpoints."""
-    return "" if args.bert_examples_per_user is None else f"-lists{args.bert_examples_per_user}"
+def lists_per_user(args, objective: str) -> int | None:
+    """``--bert_examples_per_user`` where it matters: the list objectives read it, cloze never does (so a cloze
+    model keeps its checkpoint and row name whatever the flag says)."""
+    return None if objective == "cloze" else args.bert_examples_per_user
 
 
 def checkpoint_dir(out: Path) -> Path:
@@ -161,8 +161,10 @@ def bert4rec(
     cfg, objective: str, order: str, dataset, seqs, val, device, retriever, args, prepared: Path, out: Path
 ) -> tuple[BERT4Rec, float]:
     hparams = {**BERT4Rec.hyperparameters(cfg, cfg.data.dataset_code), "objective": objective, "batch_order": order}
-    if args.bert_examples_per_user is not None:  # the list objectives' training lists per user and epoch
-        hparams["examples_per_user"] = args.bert_examples_per_user
+    per_user_lists = lists_per_user(args, objective)
+    if per_user_lists is not None:  # the list objectives' training lists per user and epoch
+        hparams["examples_per_user"] = per_user_lists
+    lists_tag = "" if per_user_lists is None else f"-lists{per_user_lists}"  # its own checkpoint, not overwriting
     began = time.perf_counter()
     seed = cfg.seed if args.bert_seed is None else args.bert_seed
     seed_everything(seed)
@@ -173,7 +175,7 @@ def bert4rec(
     identity = [data_version(prepared), hparams, args.rerank_lr, args.rerank_batch_size, retriever_weights, seed]
     settings = LoopSettings(epochs=args.rerank_epochs, lr=args.rerank_lr, patience=args.rerank_patience,
                             batch_size=args.rerank_batch_size, seed=seed,
-                            checkpoint_dir=out / f"bert4rec-{objective}-{order}-seed{seed}{lists_tag(args)}-checkpoint",
+                            checkpoint_dir=out / f"bert4rec-{objective}-{order}-seed{seed}{lists_tag}-checkpoint",
                             fingerprint=hashlib.sha256(json.dumps(identity).encode()).hexdigest())  # fmt: skip
     history = model.fit(seqs, val, settings, ks=KS, examples=examples)
     print(f"BERT4Rec {objective} ({hparams['batch_order']} batches, seed {seed}): best epoch {history.best_epoch} of "
@@ -269,6 +271,8 @@ def main() -> None:
         trained.setdefault(objective, model)  # the first batch order's model is the one ltr_models scores with
         weight, _ = tune_weight(model, val, "ndcg_at_10", KS)
         tag = f" [{order} batches]" if len(orders) > 1 else ""
+        if lists_per_user(args, objective) is not None:
+            tag += f" [{lists_per_user(args, objective)} lists a user]"
         for fused, name in ((True, f"bert4rec {objective}{tag} + fusion (w {weight_label(weight)})"),
                             (False, f"bert4rec {objective}{tag} alone")):  # fmt: skip
             result = evaluate_lists(model.score, test, KS, fusion_weight=weight if fused else None)
