@@ -178,7 +178,7 @@ def bert4rec(
                             checkpoint_dir=out / f"bert4rec-{objective}-{order}-seed{seed}{lists_tag}-checkpoint",
                             fingerprint=hashlib.sha256(json.dumps(identity).encode()).hexdigest())  # fmt: skip
     history = model.fit(seqs, val, settings, ks=KS, examples=examples)
-    print(f"BERT4Rec {objective} ({hparams['batch_order']} batches, seed {seed}): best epoch {history.best_epoch} of "
+    print(f"BERT4Rec {objective} ({order} batches, seed {seed}): best epoch {history.best_epoch} of "
           f"{len(history.epochs)}; {epoch_timings(history.epochs)}")  # fmt: skip
     return model, time.perf_counter() - began
 
@@ -270,9 +270,9 @@ def main() -> None:
         model, seconds = bert4rec(cfg, objective, order, dataset, seqs, val, device, retriever, args, prepared, out)
         trained.setdefault(objective, model)  # the first batch order's model is the one ltr_models scores with
         weight, _ = tune_weight(model, val, "ndcg_at_10", KS)
+        lists = lists_per_user(args, objective)
         tag = f" [{order} batches]" if len(orders) > 1 else ""
-        if lists_per_user(args, objective) is not None:
-            tag += f" [{lists_per_user(args, objective)} lists a user]"
+        tag += "" if lists is None else f" [{lists} lists a user]"
         for fused, name in ((True, f"bert4rec {objective}{tag} + fusion (w {weight_label(weight)})"),
                             (False, f"bert4rec {objective}{tag} alone")):  # fmt: skip
             result = evaluate_lists(model.score, test, KS, fusion_weight=weight if fused else None)
