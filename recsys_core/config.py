@@ -197,6 +197,9 @@ class LRURecConfig(Section):
     lru_r_max: float = Field(0.99, gt=0, lt=1)
 
 
+LISTS_PER_USER_HELP = "list objectives: training lists per user and epoch (the most recent prefixes); null = all"
+
+
 class BERT4RecConfig(Section):
     """BERT4Rec (Sun et al., CIKM 2019) as a reranker: hidden 64, 2 layers, 2 heads, mask probability 0.2."""
 
@@ -212,6 +215,7 @@ class BERT4RecConfig(Section):
         "cloze", description="cloze (the paper), list (softmax over retrieved training lists) or both, summed"
     )
     bert_list_weight: float = Field(1.0, ge=0, description="weight of the list loss in cloze_list")
+    bert_examples_per_user: int | None = Field(1, ge=1, description=LISTS_PER_USER_HELP)
     # random since 2026-12-01 (length before): over 3 seeds on ML-100K, NDCG@20 alone +0.0124 [+0.0044, +0.0205]
     bert_batch_order: Literal["random", "length"] = Field(
         "random", description="cloze batches: random (as published) or of similar length (faster, measured worse)"

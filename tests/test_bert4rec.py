@@ -320,3 +320,33 @@ def test_list_objective_trains_on_retrieved_lists(data):
     assert all(np.isfinite(e["train_loss"]) for e in history.epochs)
     assert draws == [(val.candidates.shape[1], 1)] * 2
     assert asked == [len(t) - 1 for t in seqs.train[1:]]  # each user's last prefix, scored once
+
+
+@pytest.mark.parametrize("per_user", [3, None])
+def test_lists_per_user_setting_reaches_the_list_draws(data, per_user):
+    """``bert_examples_per_user`` is how many of each user's most recent train prefixes the list objectives draw
+    an epoch (null: every prefix), and only they: the cloze objective never draws a list."""
+    ds, seqs, val, _ = data
+    cfg = tiny_config(**CFG, **{"bert4rec.bert_examples_per_user": per_user})
+    hparams = BERT4Rec.hyperparameters(cfg, "ml-100k")
+    assert hparams["examples_per_user"] == per_user
+    asked, draws = [], []
+
+    def retriever(histories):
+        asked.extend(len(h) for h in histories)
+        return torch.rand(len(histories), ds.n_items + 1, generator=torch.Generator().manual_seed(len(asked)))
+
+    class Spy(RetrievedExamples):
+        def draw(self, width, rng, max_per_user=None):
+            draws.append(max_per_user)
+            return super().draw(width, rng, max_per_user)
+
+    settings = LoopSettings(epochs=1, lr=0.01, patience=5, batch_size=32)
+    for objective in ("cloze", "list"):
+        seed_everything(3)
+        BERT4Rec(ds.n_items, {**hparams, "objective": objective}).fit(seqs, val, settings, ks=(10,),
+                                                                      examples=Spy(seqs, retriever))  # fmt: skip
+    assert draws == [per_user]  # the list model's one epoch; the cloze model drew nothing
+    last = [len(t) for t in seqs.train[1:]]
+    expected = [n for t in last for n in range(max(1, t - (per_user or t)), t)]
+    assert sorted(asked) == sorted(expected)  # each user's most recent prefixes (at least one item), scored once

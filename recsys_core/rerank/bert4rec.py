@@ -22,7 +22,8 @@ random; ``length`` batches windows of similar length, so little compute goes to 
 but the model learns less (docs/benchmarks.md). Either way the loss is the batch's mean over its masked items.
 
 The lists are drawn each epoch like the other list-trained rerankers' (``ListTrainingTask``): as wide as the validation
-lists, ``examples_per_user`` prefixes per user (default ``DEFAULT_EXAMPLES_PER_USER``: its last train item).
+lists, ``examples_per_user`` (``bert4rec.bert_examples_per_user``) prefixes per user, the most recent (default 1: its
+last train item; None: every prefix).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class BERT4Rec(Reranker):
             "objective": b.bert_objective,
             "list_weight": b.bert_list_weight,
             "batch_order": b.bert_batch_order,
-            "examples_per_user": DEFAULT_EXAMPLES_PER_USER,  # training lists per user and epoch (list objectives)
+            "examples_per_user": b.bert_examples_per_user,  # training lists per user and epoch (list objectives)
         }
 
     def build_model(self) -> nn.Module:
