@@ -5,7 +5,9 @@ each variant reorders the first `--rerank_top_k`:
 - `bert4rec cloze (+fusion)`: BERT4Rec trained on its cloze task, fused with the retrieval score (weight tuned on
   validation; the grid's retriever end keeps the retriever's order) and `... alone` (its own order);
 - `bert4rec list (+fusion)` / `cloze_list`: BERT4Rec trained on the retriever's lists for train prefixes (`bert_objective`),
-  alone or with the cloze loss; `--bert_examples_per_user K`: each user's K most recent prefixes an epoch (default 1);
+  alone or with the cloze loss; `--bert_examples_per_user K`: each user's K most recent prefixes an epoch (default:
+  params.yaml's); `--bert_list_retriever shadow`: the lists of the shift-1 shadow LRURec (below), which never trained
+  on the last train item, so that list is as honest as a test list (the champion trained on every train target);
 - `ltr`: LightGBM lambdarank on every feature family, `ltr -FAMILY` without each one;
 - `ltr_models`: `ltr` plus family `models`, the score and rank of each candidate from each of `--ltr_models` (the cloze
   BERT4Rec of `bert4rec_cloze`; `lrurec_shift1`, the shadow LRURec of `ltr_shifted`, which never trained on a
@@ -166,12 +168,20 @@ def bert4rec(
         hparams["examples_per_user"] = per_user_lists
     lists_tag = "" if per_user_lists is None else f"-lists{per_user_lists}"  # its own checkpoint, not overwriting
     began = time.perf_counter()
+    lister, lister_dir = retriever, out / "lrurec"
+    if objective != "cloze" and args.bert_list_retriever == "shadow":
+        if hparams["examples_per_user"] != 1:
+            sys.exit("--bert_list_retriever shadow: the shadow trained on every train target but the last, so only "
+                     "the last train prefix's list is honest; use --bert_examples_per_user 1")  # fmt: skip
+        lister_dir = out / "lrurec-shift1"
+        lister = train_retriever(cfg, dataset, prepared, seqs.shifted(1), device, lister_dir, args, shift=1)[0]
+        lists_tag += "-shadow"
     seed = cfg.seed if args.bert_seed is None else args.bert_seed
     seed_everything(seed)
     model = BERT4Rec(dataset.n_items, hparams, device)
-    examples = RetrievedExamples(seqs, retriever.score) if objective != "cloze" else None
+    examples = RetrievedExamples(seqs, lister.score) if objective != "cloze" else None
     # checkpointed like the retriever (hours on ML-1M on a CPU); the list objective learns from this retriever's lists
-    retriever_weights = hashlib.sha256((out / "lrurec" / "model.safetensors").read_bytes()).hexdigest()
+    retriever_weights = hashlib.sha256((lister_dir / "model.safetensors").read_bytes()).hexdigest()
     identity = [data_version(prepared), hparams, args.rerank_lr, args.rerank_batch_size, retriever_weights, seed]
     settings = LoopSettings(epochs=args.rerank_epochs, lr=args.rerank_lr, patience=args.rerank_patience,
                             batch_size=args.rerank_batch_size, seed=seed,
@@ -216,7 +226,10 @@ def main() -> None:
                         "the LRURec keeps its own")  # fmt: skip
     parser.add_argument("--bert_examples_per_user", type=int, default=None,
                         help="list objectives: training lists per user and epoch, the user's most recent train "
-                             "prefixes (default: the model's, 1)")  # fmt: skip
+                             "prefixes (default: bert4rec.bert_examples_per_user)")  # fmt: skip
+    parser.add_argument("--bert_list_retriever", choices=("champion", "shadow"), default="champion",
+                        help="list objectives: whose top lists train them, the champion LRURec's or the shift-1 "
+                             "shadow's (which never trained on the last train item; one list per user)")  # fmt: skip
     parser.add_argument("--retrieval_top_k", type=int, default=200)
     parser.add_argument("--rerank_top_k", type=int, default=50)
     parser.add_argument("--ltr_shifts", type=int, default=1,
@@ -273,6 +286,7 @@ def main() -> None:
         lists = lists_per_user(args, objective)
         tag = f" [{order} batches]" if len(orders) > 1 else ""
         tag += "" if lists is None else f" [{lists} lists a user]"
+        tag += " [shadow lists]" if objective != "cloze" and args.bert_list_retriever == "shadow" else ""
         for fused, name in ((True, f"bert4rec {objective}{tag} + fusion (w {weight_label(weight)})"),
                             (False, f"bert4rec {objective}{tag} alone")):  # fmt: skip
             result = evaluate_lists(model.score, test, KS, fusion_weight=weight if fused else None)
