@@ -94,6 +94,11 @@ def lists_per_user(args, objective: str) -> int | None:
     return None if objective == "cloze" else args.bert_examples_per_user
 
 
+def shadow_lists(args, objective: str) -> bool:
+    """Whether this BERT4Rec learns from the shift-1 shadow's lists (``--bert_list_retriever shadow``; cloze has none)."""
+    return objective != "cloze" and args.bert_list_retriever == "shadow"
+
+
 def checkpoint_dir(out: Path) -> Path:
     """Beside the model's folder, named after it: each model (a shadow LRURec too) resumes only its own training."""
     return out.with_name(f"{out.name}-checkpoint")
@@ -169,7 +174,7 @@ def bert4rec(
     lists_tag = "" if per_user_lists is None else f"-lists{per_user_lists}"  # its own checkpoint, not overwriting
     began = time.perf_counter()
     lister, lister_dir = retriever, out / "lrurec"
-    if objective != "cloze" and args.bert_list_retriever == "shadow":
+    if shadow_lists(args, objective):
         if hparams["examples_per_user"] != 1:
             sys.exit("--bert_list_retriever shadow: the shadow trained on every train target but the last, so only "
                      "the last train prefix's list is honest; use --bert_examples_per_user 1")  # fmt: skip
@@ -286,7 +291,7 @@ def main() -> None:
         lists = lists_per_user(args, objective)
         tag = f" [{order} batches]" if len(orders) > 1 else ""
         tag += "" if lists is None else f" [{lists} lists a user]"
-        tag += " [shadow lists]" if objective != "cloze" and args.bert_list_retriever == "shadow" else ""
+        tag += " [shadow lists]" if shadow_lists(args, objective) else ""
         for fused, name in ((True, f"bert4rec {objective}{tag} + fusion (w {weight_label(weight)})"),
                             (False, f"bert4rec {objective}{tag} alone")):  # fmt: skip
             result = evaluate_lists(model.score, test, KS, fusion_weight=weight if fused else None)
