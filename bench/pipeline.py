@@ -11,7 +11,8 @@ each variant reorders the first `--rerank_top_k`:
 - `ltr`: LightGBM lambdarank on every feature family, `ltr -FAMILY` without each one;
 - `ltr_models`: `ltr` plus family `models`, the score and rank of each candidate from each of `--ltr_models` (the cloze
   BERT4Rec of `bert4rec_cloze`; `lrurec_shift1`, the shadow LRURec of `ltr_shifted`, which never trained on a
-  validation target; VBPR, MMGCN, BM3 trained here with their params.yaml settings, batch `--cf_batch_size`), one row
+  validation target; VBPR, MMGCN, BM3 trained here with their params.yaml settings, batch `--cf_batch_size`; EASE
+  solved here, `--ease_lambda`, `--ease_history_decay`), one row
   per model and one with all of them;
 - `ltr_shifted`: `ltr` trained on the validation lists and the lists of `--ltr_shifts` earlier steps, each retrieved
   and described by a shadow LRURec trained (same settings) on the split moved that many steps earlier.
@@ -66,7 +67,8 @@ from recsys_core.training import LoopSettings, resolve_device, seed_everything  
 
 KS = (5, 10, 20)
 TRAINED_ON = "trained_on.json"  # beside the saved LRURec: its data version and batch order
-COLLABORATIVE = ("vbpr", "mmgcn", "bm3")
+COLLABORATIVE = ("vbpr", "mmgcn", "bm3", "ease")
+CLOSED_FORM = ("ease",)  # solved again on every run (seconds): nothing to reuse or resume
 CHOICE_METHODS = {"lrurec_shift1": "lrurec"}  # --ltr_models choice -> the method its features are named after
 MODEL_LABELS = {"bert4rec": "bert4rec cloze", "lrurec_shift1": "lrurec (shift 1)"}  # --ltr_models -> table label
 VARIANTS = ("bert4rec_cloze", "bert4rec_list", "bert4rec_cloze_list", "ltr", "ltr_models", "ltr_ablation",
@@ -97,6 +99,12 @@ def lists_per_user(args, objective: str) -> int | None:
 def shadow_lists(args, objective: str) -> bool:
     """Whether this BERT4Rec learns from the shift-1 shadow's lists (``--bert_list_retriever shadow``; cloze has none)."""
     return objective != "cloze" and args.bert_list_retriever == "shadow"
+
+
+def ease_overrides(args) -> dict:
+    """The EASE flags given on the command line (the others keep params.yaml's values)."""
+    return {k: v for k, v in (("ease_lambda", args.ease_lambda), ("ease_history_decay", args.ease_history_decay))
+            if v is not None}  # fmt: skip
 
 
 def checkpoint_dir(out: Path) -> Path:
@@ -141,10 +149,11 @@ def train_retriever(cfg, dataset, prepared, seqs, device, out: Path, args, shift
 
 
 def train_collaborative(cfg, method: str, dataset, prepared, seqs, device, out: Path, args) -> Retriever:
-    """VBPR / MMGCN / BM3 with their params.yaml settings (lr, patience) on the train split, checkpointed; their
-    scores of a list are one of ltr's ``models`` features. Trained on the train split only: validation targets unseen."""
+    """VBPR / MMGCN / BM3 with their params.yaml settings (lr, patience) on the train split, checkpointed, or EASE
+    solved; their scores of a list are one of ltr's ``models`` features. Trained on the train split only: validation
+    targets unseen."""
     trained_on = {"data_version": data_version(prepared), "method": method, "batch_size": args.cf_batch_size}
-    if reusable(out, trained_on, args):
+    if method not in CLOSED_FORM and reusable(out, trained_on, args):
         return get_retriever_class(method).load(out, device)
     seed_everything(cfg.seed)
     cls = get_retriever_class(method)
@@ -242,6 +251,13 @@ def main() -> None:
     parser.add_argument("--ltr_models", nargs="+", default=["bert4rec"], choices=("bert4rec", "lrurec_shift1", *COLLABORATIVE),
                         help="ltr_models: the models whose scores are features (bert4rec needs bert4rec_cloze)")  # fmt: skip
     parser.add_argument("--cf_batch_size", type=int, default=1024, help="VBPR / MMGCN / BM3 training batch")
+    parser.add_argument("--ease_lambda", type=float, default=None, help="EASE's L2 weight (default: params.yaml's)")
+    parser.add_argument(
+        "--ease_history_decay",
+        type=float,
+        default=None,
+        help="EASE's history weights, decay^k k steps before the last (default: params.yaml's)",
+    )
     parser.add_argument("--per_user_dir", type=Path, help="write each row's per-user test results here (CSV, "
                         "named after the row without its fusion weight), e.g. to pool seeds with bench/pooled_compare.py")  # fmt: skip
     parser.add_argument("--device", default="auto")
@@ -253,7 +269,7 @@ def main() -> None:
 
     cfg = load_config(ROOT / "params.yaml", {"dataset_code": args.dataset, "device": args.device,
                                              "lru_weight_decay": 0.01, "bert_dropout": args.bert_dropout,
-                                             "tie_order": args.tie_order})  # fmt: skip
+                                             "tie_order": args.tie_order, **ease_overrides(args)})  # fmt: skip
     prepared = DataPaths(ROOT).prepared(cfg.data)
     dataset = load_prepared(prepared)
     if dataset.stats.get("tie_order") != args.tie_order:
@@ -338,7 +354,11 @@ def main() -> None:
             model, seconds = ltr(cfg, LTR_FEATURES, dataset, seqs, val, device, retriever, prepared,
                                  models={CHOICE_METHODS.get(n, n): others[n] for n in chosen})  # fmt: skip
             label = f"ltr + {' + '.join(MODEL_LABELS.get(n, n) for n in chosen)} scores"
-            add(label, evaluate_lists(model.score, test, KS), seconds + sum(model_seconds[n] for n in chosen), model)
+            seconds += sum(model_seconds[n] for n in chosen)
+            add(label, evaluate_lists(model.score, test, KS), seconds, model)
+            weight, _ = tune_weight(model, val, "ndcg_at_10", KS)  # as the pipeline serves it (rerank_score_fusion)
+            add(f"{label} + fusion (w {weight_label(weight)})", evaluate_lists(model.score, test, KS,
+                fusion_weight=weight), seconds, model, weight)  # fmt: skip
 
     if args.per_user_dir:
         args.per_user_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ def is_custom(code: str) -> bool:
     return code == "custom" or CUSTOM_NAMED.fullmatch(code) is not None
 
 
-RETRIEVAL_METHODS = ("lrurec", "mmgcn", "vbpr", "bm3")
+RETRIEVAL_METHODS = ("lrurec", "mmgcn", "vbpr", "bm3", "ease")
 RERANK_METHODS = ("qwen", "qwen3vl", "vip5", "bert4rec", "ltr")
 QWEN_MODES = ("text_only", "raw_image", "caption", "semantic_summary", "semantic_summary_small")
 
@@ -109,7 +109,7 @@ class FeaturesConfig(Section):
 
 
 class RetrievalConfig(Section):
-    retrieval_method: Literal["lrurec", "mmgcn", "vbpr", "bm3"] = "lrurec"
+    retrieval_method: Literal["lrurec", "mmgcn", "vbpr", "bm3", "ease"] = "lrurec"
     # LRURec's published settings (originally 100 / 1e-4 / 512, which left LRURec at a third of its NDCG@10).
     retrieval_epochs: int = Field(500, ge=1, description="at most; early stopping ends sooner")
     retrieval_lr: float = Field(1e-3, gt=0)
@@ -129,6 +129,15 @@ class VBPRConfig(Section):
     vbpr_reg: float = Field(1e-4, ge=0, description="L2 weight on the batch's γ, θ, β_i")
     vbpr_feature: Literal["auto", "image", "text"] = Field(
         "auto", description="the content feature f_i: image (the paper), text, or auto = image when present, else text"
+    )
+
+
+class EASEConfig(Section):
+    """EASE (Steck, WWW 2019): a closed-form item-item model, B = I - P diag(1/diag P), P = (X'X + lambda I)^-1."""
+
+    ease_lambda: float = Field(200.0, gt=0, description="L2 weight lambda on B")
+    ease_history_decay: float = Field(
+        1.0, gt=0, le=1, description="weight of the item k steps before a history's last: decay^k (1 = all equal)"
     )
 
 
@@ -252,7 +261,9 @@ class LTRConfig(Section):
         list(LTR_FEATURES), min_length=1, description="feature families the ranker sees"
     )
     ltr_models: list[str] = Field(
-        [], description="other registered models of this data whose scores are features: retriever or reranker methods"
+        ["ease"],
+        description="other registered models of this data whose scores are features: retriever or reranker methods "
+        "(retrievers are trained and registered by the train_ltr_models stage)",
     )
     ltr_num_leaves: int = Field(31, ge=2)
     ltr_learning_rate: float = Field(0.05, gt=0)
@@ -340,6 +351,7 @@ class Config(BaseModel):
     vbpr: VBPRConfig = VBPRConfig()
     mmgcn: MMGCNConfig = MMGCNConfig()
     bm3: BM3Config = BM3Config()
+    ease: EASEConfig = EASEConfig()
     rerank: RerankConfig = RerankConfig()
     bert4rec: BERT4RecConfig = BERT4RecConfig()
     ltr: LTRConfig = LTRConfig()

@@ -1,7 +1,7 @@
-"""`recsys train-pipeline`: the original train_pipeline.py. Stage 1, its promotion, stage 2, its promotion and the
-two-stage evaluation, each a child run under one parent MLflow run (children get the parent by id; MLFLOW_RUN_ID is
-not passed on, since a nested start would then resume the parent). The data stages run first if their outputs are
-missing."""
+"""`recsys train-pipeline`: the original train_pipeline.py. Stage 1, its promotion, the ltr reranker's feature
+models, stage 2, its promotion and the two-stage evaluation, each a child run under one parent MLflow run (children
+get the parent by id; MLFLOW_RUN_ID is not passed on, since a nested start would then resume the parent). The data
+stages run first if their outputs are missing."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         nested = [*flags, "--parent_run_id", parent.info.run_id]
         _run("stages.train_retrieval", nested)
         _run("stages.promote", ["retriever", *flags])
+        _run("stages.train_ltr_models", nested)  # the ltr reranker's feature models (ltr.ltr_models), if any
         _run("stages.train_rerank", nested)
         _run("stages.promote", ["reranker", *flags])
         _run("stages.evaluate_pipeline", nested)

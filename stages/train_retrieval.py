@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from recsys_core import describe, lineage, per_user, registry, serving, tracking
 from recsys_core.candidates import retrieved_table
@@ -38,14 +39,16 @@ from stages.training_common import (
 log = logging.getLogger("recsys.train_retrieval")
 
 
-def body(cfg: Config, args: argparse.Namespace) -> None:
+def body(cfg: Config, args: argparse.Namespace, out: Path | None = None) -> None:
+    """``out``: where the outputs go (default experiments/retrieval/{method}/{dataset}/seed{seed}/; the
+    train_ltr_models stage puts the ltr reranker's feature models elsewhere)."""
     root = tracking.project_root(paths().root)
     code, method, seed = cfg.data.dataset_code, cfg.retrieval.retrieval_method, cfg.seed
     prepared = paths().prepared(cfg.data)
     dataset = load_prepared(prepared)
     seqs = Sequences.from_dataset(dataset)
     retriever_cls = get_retriever_class(method)
-    out = paths().experiment("retrieval", method, code, seed)
+    out = out or paths().experiment("retrieval", method, code, seed)
 
     seed_everything(seed)
     device = resolve_device(cfg.training.device)

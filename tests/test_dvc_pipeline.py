@@ -204,8 +204,8 @@ def test_dvc_repro_then_nothing_to_do(built, project):
     assert (project / "mlflow.db").exists() and (project / "mlartifacts").is_dir()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"download", "images", "prepare", "embeddings", "captions", "summaries",
-                                   "gt_candidates", "train_retrieval", "promote_retriever", "train_rerank",
-                                   "promote_reranker", "evaluate_pipeline", "report"}  # fmt: skip
+                                   "gt_candidates", "train_retrieval", "promote_retriever", "train_ltr_models",
+                                   "train_rerank", "promote_reranker", "evaluate_pipeline", "report"}  # fmt: skip
     check_report(project)
     manifest = pd.read_parquet(project / "data/images/custom/manifest.parquet")
     with_image = manifest["raw_id"].str[1:].astype(int) % 3 != 0
@@ -235,8 +235,8 @@ def test_dvc_repro_then_nothing_to_do(built, project):
     shutil.rmtree(project / ".dvc" / "cache")  # no cache, no run cache: as after `git clone`
     (project / "mlflow.db").unlink()
     rebuilt = dvc(project, "repro")
-    for stage in ("train_retrieval", "promote_retriever", "train_rerank", "promote_reranker", "evaluate_pipeline",
-                  "report"):  # fmt: skip
+    for stage in ("train_retrieval", "promote_retriever", "train_ltr_models", "train_rerank", "promote_reranker",
+                  "evaluate_pipeline", "report"):  # fmt: skip
         assert f"Running stage '{stage}'" in rebuilt
     assert {n: (exp / n).read_bytes() for n in TRAINED} == {n: snapshot[n] for n in TRAINED}
     promotion = json.loads((exp / "promotion.json").read_text())
@@ -284,17 +284,27 @@ def test_switching_the_retriever_to_bm3(project):
 
 
 def test_the_ltr_reranker_through_dvc_and_the_registry(project):
-    """`dvc exp run -S rerank.rerank_method=ltr` fits LightGBM on the validation lists of the champion retriever and
-    (``ltr_shifts=1``) on those of a shadow retriever trained one step earlier, carries the champion, and (promoted)
-    serves inside the two-stage model."""
-    ltr_run = dvc(project, "exp", "run", "-S", "rerank.rerank_method=ltr", "-S", "ltr.ltr_shifts=1")
-    assert "Running stage 'train_rerank'" in ltr_run and "Running stage 'train_retrieval'" not in ltr_run
+    """`dvc exp run -S rerank.rerank_method=ltr` trains and registers EASE (the default `ltr.ltr_models`), fits
+    LightGBM on the validation lists of the champion retriever with EASE's scores among the features, carries both,
+    and (promoted) serves inside the two-stage model. Then, through the stage alone, the lists of a shadow retriever
+    trained one step earlier (``ltr_shifts=1``; other models' scores are refused on them, so without the models
+    family)."""
+    ltr_run = dvc(project, "exp", "run", "-S", "rerank.rerank_method=ltr")
+    assert "Running stage 'train_ltr_models'" in ltr_run and "Running stage 'train_retrieval'" not in ltr_run
+    models = json.loads((project / "experiments/ltr_models/custom/seed42/registered.json").read_text())["models"]
+    assert list(models) == ["ease"] and models["ease"]["version"] == 2  # the champion LRURec is version 1
     ltr = project / "experiments/rerank/ltr/custom/seed42"
     assert (ltr / "model/ranker.txt").read_text().startswith("tree") and (ltr / "model/retriever").is_dir()
+    saved = json.loads((ltr / "model/config.json").read_text())
+    assert saved["sources"]["models"]["ease"]["version"] == 2 and "model_ease" in saved["feature_names"]
+    assert (ltr / "model/models/ease/model.safetensors").exists()
+    promote_reranker_and_serve(project, ltr / "registered.json", "ltr")
+
+    recsys(project, "train-rerank", "--ltr_shifts", "1", "--ltr_features", "retriever", "popularity", "transitions",
+           "content", "history")  # fmt: skip
     hparams = json.loads((ltr / "model/config.json").read_text())["hparams"]
     assert hparams["shifts"] == [1] and len(hparams["training_lists"]) == 2 and min(hparams["training_lists"]) > 0
     assert not (ltr / "model/shadow1").exists()  # the shadow is for training only: the served model does not carry it
-    promote_reranker_and_serve(project, ltr / "registered.json", "ltr")
 
 
 def test_the_llm_reranker_through_dvc_and_the_registry(project, tmp_path):

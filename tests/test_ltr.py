@@ -31,7 +31,13 @@ from recsys_core.training import LoopSettings, seed_everything
 
 WIDTH = 20
 KS = (1, 5, 10)
-FAST = {"ltr.ltr_num_rounds": 60, "ltr.ltr_early_stopping": 10, "ltr.ltr_min_data_in_leaf": 5, "ltr.ltr_folds": 3}
+FAST = {
+    "ltr.ltr_num_rounds": 60,
+    "ltr.ltr_early_stopping": 10,
+    "ltr.ltr_min_data_in_leaf": 5,
+    "ltr.ltr_folds": 3,
+    "ltr.ltr_models": [],
+}
 SETTINGS = LoopSettings(epochs=1, lr=0.1, patience=1, seed=5)
 
 
@@ -88,7 +94,7 @@ def trained(cyclic, tmp_path_factory):
     seed_everything(2)
     bert = BERT4Rec(ds.n_items, BERT4Rec.hyperparameters(tiny_config(**{"bert4rec.bert_hidden_size": 16,
                     "bert4rec.bert_num_blocks": 1, "bert4rec.bert_max_len": 16}), "ml-100k"))  # fmt: skip
-    hparams = LTRReranker.hyperparameters(tiny_config(**FAST, **{"ltr.ltr_models": ["bert4rec"]}), "ml-100k")
+    hparams = LTRReranker.hyperparameters(tiny_config(**{**FAST, "ltr.ltr_models": ["bert4rec"]}), "ml-100k")
     ranker = LTRReranker.from_data(ds.n_items, hparams, "cpu", ds.items, features)
     ranker.attach(retriever=cyclic.retriever, models={"bert4rec": bert})
     history = ranker.fit(cyclic.seqs, cyclic.val, SETTINGS, ks=KS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from recsys_core.errors import ConfigError
 from recsys_core.retrieval.base import Retriever
 from recsys_core.retrieval.bm3 import BM3
+from recsys_core.retrieval.ease import EASE
 from recsys_core.retrieval.lrurec import LRURec
 from recsys_core.retrieval.mmgcn import MMGCN
 from recsys_core.retrieval.vbpr import VBPR
@@ -14,6 +15,7 @@ RETRIEVERS: dict[str, type[Retriever]] = {
     "vbpr": VBPR,
     "mmgcn": MMGCN,
     "bm3": BM3,
+    "ease": EASE,
 }
 
 
