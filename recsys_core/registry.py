@@ -47,15 +47,18 @@ def model_name(prefix: str, kind: str) -> str:
     return f"{prefix}-{kind}"
 
 
-def register(model_uri: str, name: str, tags: dict[str, str], metrics: dict[str, float]) -> int:
-    """A new version of ``name`` from ``model_uri``, tagged with ``tags`` and its metrics; alias ``candidate``."""
+def register(model_uri: str, name: str, tags: dict[str, str], metrics: dict[str, float], candidate: bool = True) -> int:
+    """A new version of ``name`` from ``model_uri``, tagged with ``tags`` and its metrics; alias ``candidate``
+    unless ``candidate`` is false (a model registered for another's use, such as the ltr reranker's feature models,
+    is not up for promotion)."""
     import mlflow
     from mlflow import MlflowClient
 
     all_tags = {**tags, **{METRIC_TAG + k: f"{v:.6f}" for k, v in metrics.items()}}
     version = mlflow.register_model(model_uri, name, tags=all_tags)
-    _point_candidate(MlflowClient(), name, int(version.version))
-    log.info("registered %s version %s (alias %s)", name, version.version, CANDIDATE)
+    if candidate:
+        _point_candidate(MlflowClient(), name, int(version.version))
+    log.info("registered %s version %s%s", name, version.version, f" (alias {CANDIDATE})" if candidate else "")
     return int(version.version)
 
 

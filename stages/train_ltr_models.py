@@ -2,8 +2,9 @@
 reranker finds their newest version of this data when it trains (its `models` feature family).
 
 Each is trained exactly as `recsys train-retrieval --retrieval_method METHOD` would (its own params.yaml section, the
-shared retrieval settings), on the train split only, and registered as a version of `{dataset}-retriever`; the
-outputs go to experiments/ltr_models/{dataset}/seed{seed}/{method}/, and registered.json there lists the versions.
+shared retrieval settings), on the train split only, and registered as a version of `{dataset}-retriever` without
+the `candidate` alias (a feature model is not up for stage 1's promotion); the outputs go to
+experiments/ltr_models/{dataset}/seed{seed}/{method}/, and registered.json there lists the versions.
 Rerankers named in `ltr.ltr_models` (bert4rec) are not trained here: register one with `recsys train-rerank` first.
 Nothing is trained when the reranker is not `ltr` or its `models` family is off."""
 
@@ -43,7 +44,7 @@ def body(cfg: Config, args: argparse.Namespace) -> None:
         for method in methods:
             own = cfg.model_copy(deep=True)
             own.retrieval.retrieval_method = method
-            train_retrieval.body(own, args, out=scratch / method)
+            train_retrieval.body(own, args, out=scratch / method, candidate=False)
             # Finished: its resume point would only fill the DVC cache (a stopped run of this stage starts over).
             shutil.rmtree(scratch / method / "checkpoint", ignore_errors=True)
             registered[method] = json.loads((scratch / method / "registered.json").read_text())

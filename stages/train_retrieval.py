@@ -39,9 +39,10 @@ from stages.training_common import (
 log = logging.getLogger("recsys.train_retrieval")
 
 
-def body(cfg: Config, args: argparse.Namespace, out: Path | None = None) -> None:
-    """``out``: where the outputs go (default experiments/retrieval/{method}/{dataset}/seed{seed}/; the
-    train_ltr_models stage puts the ltr reranker's feature models elsewhere)."""
+def body(cfg: Config, args: argparse.Namespace, out: Path | None = None, candidate: bool = True) -> None:
+    """``out``: where the outputs go (default experiments/retrieval/{method}/{dataset}/seed{seed}/); ``candidate``:
+    whether the new version takes the `candidate` alias. The train_ltr_models stage puts the ltr reranker's feature
+    models elsewhere and keeps them out of stage 1's promotion."""
     root = tracking.project_root(paths().root)
     code, method, seed = cfg.data.dataset_code, cfg.retrieval.retrieval_method, cfg.seed
     prepared = paths().prepared(cfg.data)
@@ -108,13 +109,12 @@ def body(cfg: Config, args: argparse.Namespace, out: Path | None = None) -> None
             summary_text = summary_of(cfg, "retrieval", method, tags, metrics)
             if repeated is None:
                 registered = register_model(scratch, info.model_uri, prefix, "retriever", tags, run, metrics,
-                                            summary_text, ks)  # fmt: skip
+                                            summary_text, ks, candidate)  # fmt: skip
             else:
                 registered = reuse_version(scratch, repeated, run, summary_text)
 
-    log.info(
-        "outputs in %s; registered %s version %d (alias candidate)", out, registered["name"], registered["version"]
-    )
+    alias = " (alias candidate)" if candidate else ""
+    log.info("outputs in %s; registered %s version %d%s", out, registered["name"], registered["version"], alias)
     print(f"\n{method} on {code} (best epoch {history.best_epoch} of {len(history.epochs)}), all "
           f"{len(results['test'].users)} users, full ranking over {dataset.n_items} items:")  # fmt: skip
     print(format_table({"validation": results["val"].metrics, "test": results["test"].metrics}, ks))

@@ -133,12 +133,12 @@ def add_parent_run(parser: argparse.ArgumentParser) -> None:
 
 
 def register_model(folder: Path, model_uri: str, prefix: str, kind: str, tags: dict[str, str], run: Any,
-                   metrics: dict[str, float], summary: str, ks: Iterable[int]) -> dict:  # fmt: skip
-    """A new registry version (alias `candidate`) carrying the headline metrics, described with ``summary``; recorded
-    in ``folder/registered.json`` for the promote stage."""
+                   metrics: dict[str, float], summary: str, ks: Iterable[int], candidate: bool = True) -> dict:  # fmt: skip
+    """A new registry version (alias `candidate`, unless ``candidate`` is false) carrying the headline metrics,
+    described with ``summary``; recorded in ``folder/registered.json`` for the promote stage."""
     name = registry.model_name(prefix, kind)
     run_id = run.info.run_id
-    version = registry.register(model_uri, name, {**tags, "run_id": run_id}, describe.headline(metrics, ks))
+    version = registry.register(model_uri, name, {**tags, "run_id": run_id}, describe.headline(metrics, ks), candidate)
     describe.set_descriptions(name, version, run, summary)
     registered = {"name": name, "version": version, "run_id": run_id, "model_uri": model_uri}
     (folder / "registered.json").write_text(json.dumps(registered, indent=2) + "\n")

@@ -160,6 +160,12 @@ def test_the_stage_registers_the_ltr_models_and_the_ranker_reads_them(workdir, m
     assert cli.main(["train-ltr-models", *flags]) == 0
     registered = json.loads((workdir / LTR_MODELS / "registered.json").read_text())["models"]
     assert list(registered) == ["ease"] and registered["ease"]["version"] == 2  # after the champion LRURec
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    name = registered["ease"]["name"]
+    assert int(client.get_model_version_by_alias(name, "candidate").version) == 1  # not up for stage 1's promotion
+    assert client.get_model_version(name, "2").tags["method"] == "ease"
     ease = workdir / LTR_MODELS / "ease"
     assert json.loads((ease / "config.json").read_text())["method"] == "ease" and not (ease / "checkpoint").exists()
 
