@@ -56,7 +56,10 @@ def _add_flag(parser: argparse.ArgumentParser, name: str, annotation: Any, help_
         parser.add_argument(f"--{name}", choices=choices, default=argparse.SUPPRESS, help=help_text)
         return
     if get_origin(annotation) is list:
-        parser.add_argument(f"--{name}", nargs="+", type=args[0], default=argparse.SUPPRESS, help=help_text)
+        item_choices = allowed_values(args[0])  # a list of Literal values (ltr_features): choose among them
+        kind = str if item_choices else args[0]
+        parser.add_argument(f"--{name}", nargs="+", type=kind, choices=item_choices, default=argparse.SUPPRESS,
+                            help=help_text)  # fmt: skip
         return
     union = get_origin(annotation) in (Union, types.UnionType)
     if union and set(args) >= {int, float}:

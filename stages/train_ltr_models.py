@@ -26,19 +26,21 @@ from stages.training_common import add_parent_run
 log = logging.getLogger("recsys.train_ltr_models")
 
 
-def wanted(cfg: Config) -> list[str]:
-    """The retriever methods the ltr reranker of this config reads as features."""
+def feature_models(cfg: Config) -> dict[str, list[str]]:
+    """The models the ltr reranker of this config reads as features, by kind (none unless it is the reranker and its
+    `models` family is on)."""
     if cfg.rerank.rerank_method != "ltr" or "models" not in cfg.ltr.ltr_features:
-        return []
-    return [name for name in cfg.ltr.ltr_models if model_kind(name) == "retriever"]
+        return {"retriever": [], "reranker": []}
+    kinds = {name: model_kind(name) for name in cfg.ltr.ltr_models}
+    return {kind: [n for n, k in kinds.items() if k == kind] for kind in ("retriever", "reranker")}
 
 
 def body(cfg: Config, args: argparse.Namespace) -> None:
     out = paths().root / "experiments" / "ltr_models" / cfg.data.dataset_code / f"seed{cfg.seed}"
-    methods = wanted(cfg)
-    skipped = sorted(set(cfg.ltr.ltr_models) - set(methods)) if cfg.rerank.rerank_method == "ltr" else []
-    if skipped:
-        log.info("not trained here (rerankers; the ltr stage takes their newest registered version): %s", skipped)
+    named = feature_models(cfg)
+    methods = named["retriever"]
+    if named["reranker"]:
+        log.info("not trained here (rerankers: ltr takes their newest registered version): %s", named["reranker"])
     with staged_directory(out) as scratch:
         registered = {}
         for method in methods:

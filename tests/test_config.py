@@ -119,6 +119,13 @@ def test_flat_flags_override_params_yaml():
     assert prepared_dir_name(cfg.data) == "beauty_min_rating3-min_uc20-min_sc20"
 
 
+def test_list_flags_take_several_values_and_list_choices_are_checked():
+    cfg = parse("--ltr_features", "retriever", "history", "--ltr_models", "ease", "vbpr")
+    assert cfg.ltr.ltr_features == ["retriever", "history"] and cfg.ltr.ltr_models == ["ease", "vbpr"]
+    with pytest.raises(SystemExit):
+        parse("--ltr_features", "retriever", "popularty")
+
+
 def test_flags_not_given_keep_params_yaml(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["min_uc"] = 11

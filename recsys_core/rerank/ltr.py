@@ -130,6 +130,10 @@ def model_kind(name: str) -> str:
                       f"or reranker methods ({', '.join(n for n in RERANKERS if n != LTRReranker.method)})")  # fmt: skip
 
 
+HOW_TO_TRAIN = {"retriever": "`recsys train-ltr-models`, or `dvc repro train_ltr_models`",
+                "reranker": "`recsys train-rerank` with its method"}  # fmt: skip
+
+
 def newest_version(prefix: str, kind: str, method: str, data_version: str):
     """The newest registered version of ``{prefix}-{kind}`` with tag ``method`` and this data version."""
     from mlflow import MlflowClient
@@ -141,8 +145,7 @@ def newest_version(prefix: str, kind: str, method: str, data_version: str):
              if v.tags.get("method") == method and lineage.version_data(v.tags) == data_version]  # fmt: skip
     if not found:
         raise MissingArtifactError(f"ltr.ltr_models names {method!r}, but {name} has no {method} version of this "
-                                   f"data (data version {data_version}): train one first (`recsys train-"
-                                   f"{'retrieval' if kind == 'retriever' else 'rerank'}` with its method)")  # fmt: skip
+                                   f"data (data version {data_version}): train one first ({HOW_TO_TRAIN[kind]})")  # fmt: skip
     return max(found, key=lambda v: int(v.version))
 
 
