@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -207,6 +208,17 @@ def _no_wheel_env(monkeypatch):
         if not os.environ[name]:
             monkeypatch.delenv(name)
     monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_from_the_environment():
+    """After each test, MLflow resolves its URIs from the environment again: an in-process stage's
+    mlflow.set_tracking_uri would otherwise send a later test's client on the same worker to that test's store."""
+    yield
+    for module, name in (("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
+                         ("mlflow.tracking._model_registry.utils", "_registry_uri")):  # fmt: skip
+        if module in sys.modules:
+            setattr(sys.modules[module], name, None)
 
 
 def cyclic_rows(n_users: int = 150, n_items: int = 40, length: tuple[int, int] = (8, 16), seed: int = 0):

@@ -19,7 +19,9 @@ FAST = ["--dataset_code", "custom", "--custom_interactions", "mine.csv", "--min_
         "--rerank_eval_candidates", "5", "--rerank_top_k", "10", "--retrieval_top_k", "20", "--lru_hidden_size", "16",
         "--lru_num_blocks", "1", "--lru_max_len", "16", "--batch_size_retrieval", "32", "--device", "cpu",
         "--retrieval_epochs", "2", "--retrieval_lr", "0.01", "--bert_hidden_size", "16", "--bert_num_blocks", "1",
-        "--bert_max_len", "16", "--rerank_epochs", "1", "--rerank_batch_size", "32"]  # fmt: skip
+        "--bert_max_len", "16", "--rerank_epochs", "1", "--rerank_batch_size", "32",
+        # ltr without other models' scores: these tests are about the retriever's lineage
+        "--ltr_features", "retriever", "popularity", "transitions", "content", "history"]  # fmt: skip
 A, B = ["--min_uc", "3"], ["--min_uc", "4"]
 NAME_A, NAME_B = "custom_min_rating0-min_uc3-min_sc1", "custom_min_rating0-min_uc4-min_sc1"
 EXP = "experiments/retrieval/lrurec/custom/seed42"
