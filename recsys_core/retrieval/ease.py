@@ -31,6 +31,7 @@ from recsys_core.config import Config
 from recsys_core.data.store import Sequences
 from recsys_core.errors import ConfigError
 from recsys_core.evaluation import split_inputs
+from recsys_core.metrics import monitored_value
 from recsys_core.retrieval.base import Retriever
 from recsys_core.training import EpochCallback, History, LoopSettings
 
@@ -93,9 +94,9 @@ class EASE(Retriever):
         val = self.validation_metrics(split_inputs(seqs, "val"), ks, eval_batch_size)
         record = {"epoch": 1.0, "epoch_seconds": solved, "epoch_cpu_seconds": solved_cpu,
                   "eval_seconds": time.perf_counter() - began - solved, **{f"val_{k}": v for k, v in val.items()}}  # fmt: skip
-        log.info("ease: solved %d items in %.1f s, val %s %.4f", self.n_items, solved, settings.monitor,
-                 val.get(settings.monitor, float("nan")))  # fmt: skip
-        history = History(epochs=[record], best_epoch=1, best_score=val.get(settings.monitor, float("nan")))
+        score = monitored_value(val, settings.monitor)  # as the training loop reads it
+        log.info("ease: solved %d items in %.1f s, val %s %.4f", self.n_items, solved, settings.monitor, score)
+        history = History(epochs=[record], best_epoch=1, best_score=score)
         for cb in callbacks:
             cb(1, record)
         return history
