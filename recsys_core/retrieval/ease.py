@@ -11,7 +11,7 @@ others. It reads no user id, so a history without a user (a served request, a re
 Its whole-history collaborative signal is what the sequential retriever lacks: as a feature of the ``ltr`` reranker
 (``ltr.ltr_models: [ease]``) it is the largest two-stage gain measured on ML-1M (docs/benchmarks.md).
 
-Memory: B is (N+1)² float32 (ML-1M 3,417 items: 47 MB on disk) and the solve holds about three (N+1)² float64
+Memory: B is (N+1)² float32 (ML-1M, 3,416 items: 47 MB on disk) and the solve holds about three (N+1)² float64
 matrices, so catalogues above ``MAX_ITEMS`` are refused with the memory they would need.
 """
 
